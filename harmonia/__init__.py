@@ -1,0 +1,26 @@
+"""harmonia: measure and mitigate scanner domain shift in medical imaging.
+
+Library use::
+
+    import harmonia
+    run = harmonia.run("recipes/mnms_dann.yaml", overrides=["train.seeds=2"])
+    run.results  # tidy pandas DataFrame
+"""
+
+from harmonia.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+_API = {"run", "resume", "load_recipe", "list_plugins", "create_plugin", "Run"}
+
+
+def __getattr__(name: str):
+    """Import the Python API lazily, so plugins importing ``hookimpl`` do not pull in torch training code."""
+    if name in _API:
+        from harmonia import runner
+
+        return getattr(runner, name)
+    raise AttributeError(f"module 'harmonia' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "hookimpl", *sorted(_API)]

@@ -1,0 +1,357 @@
+"""The four plugin interfaces (cohort, model, mitigation, evaluator) and the typed objects they exchange.
+
+This module is the ground floor of harmonia: it imports nothing else from the package but
+``errors``, and every other module (and every plugin) may import it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+TaskKind = Literal["segmentation", "classification"]
+PluginKind = Literal["cohort", "model", "mitigation", "evaluator"]
+PLUGIN_KINDS: tuple[PluginKind, ...] = ("cohort", "model", "mitigation", "evaluator")
+
+
+class Params(BaseModel):
+    """Base for a plugin's parameter model: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoParams(Params):
+    """Parameter model of a plugin that takes no parameters."""
+
+
+class Plugin:
+    """What every plugin class declares: its name, its kind and its typed parameters.
+
+    The first line of the class docstring is the one-line description ``harmonia list`` shows.
+    """
+
+    kind: ClassVar[PluginKind]
+    name: ClassVar[str]
+    Params: ClassVar[type[Params]] = NoParams
+
+    @classmethod
+    def description(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+# --------------------------------------------------------------------------------------------
+# Data exchanged between cohorts, the protocol, the engine and evaluators
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a cohort asks of a model: the kind of prediction, the classes and the image geometry."""
+
+    kind: TaskKind
+    class_names: tuple[str, ...]
+    spatial_dims: int = 2
+    in_channels: int = 1
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+@dataclass
+class ImageSet:
+    """Images of one or more patients held in memory, one row per training item.
+
+    ``images`` are float32 ``[N, C, *spatial]`` in the modality's native units (z-scoring is the
+    engine's job, so that mitigations such as ``gaussian_noise`` can act in native units).
+    ``targets`` are int64: ``[N, *spatial]`` label maps for segmentation, ``[N]`` for classification.
+    ``patients`` and ``domains`` give each item's pseudonymous patient and its scanner domain.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    patients: np.ndarray
+    domains: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if not (len(self.targets) == len(self.patients) == len(self.domains) == n):
+            raise ValueError(
+                f"ImageSet fields differ in length: images {n}, targets {len(self.targets)}, "
+                f"patients {len(self.patients)}, domains {len(self.domains)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def take(self, index: np.ndarray | Sequence[int] | torch.Tensor) -> ImageSet:
+        """The items at ``index`` (integer positions or a boolean mask)."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        t = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[t], self.targets[t], self.patients[index], self.domains[index])
+
+    def of_patients(self, patients: Sequence[str]) -> ImageSet:
+        """The items that belong to ``patients``."""
+        return self.take(np.isin(self.patients, np.asarray(list(patients), dtype=object)))
+
+    @staticmethod
+    def concat(sets: Sequence[ImageSet]) -> ImageSet:
+        sets = [s for s in sets if len(s)]
+        if not sets:
+            raise ValueError("cannot concatenate an empty list of image sets")
+        return ImageSet(
+            torch.cat([s.images for s in sets]),
+            torch.cat([s.targets for s in sets]),
+            np.concatenate([s.patients for s in sets]),
+            np.concatenate([s.domains for s in sets]),
+        )
+
+
+class TwinSettings(BaseModel):
+    """How large and how hard a cohort's synthetic twin is; part of the recipe's ``cohort.synthetic``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patients: int = Field(12, ge=2, description="patients per scanner domain")
+    seed: int = Field(0, ge=0, description="seed of the phantoms and the scanner signatures")
+    strength: float = Field(1.0, ge=0.0, description="scanner-signature strength (0 = no vendor effect)")
+    difficulty: float = Field(0.5, ge=0.0, le=1.0, description="task difficulty (0 easy, 1 hard)")
+
+
+# --------------------------------------------------------------------------------------------
+# Cohort
+# --------------------------------------------------------------------------------------------
+
+
+class Cohort(Plugin, ABC):
+    """A dataset split into scanner domains: indexes patients and loads their images.
+
+    A cohort is constructed on a data folder that is either the real dataset as distributed or
+    its synthetic twin written by :meth:`write_twin` in the same layout; the loader does not know
+    which. Patient identifiers leave the cohort only as pseudonyms.
+    """
+
+    kind: ClassVar[PluginKind] = "cohort"
+    modality: ClassVar[str]
+    #: one line on how to obtain the real dataset, shown when it is configured but missing
+    obtain: ClassVar[str] = ""
+
+    def __init__(self, params: Params, root: Path):
+        self.params = params
+        self.root = Path(root)
+
+    #: the prediction task; a class attribute where fixed (recipes are then checked against it
+    #: before anything runs), or a property where it depends on the parameters
+    task: Task
+
+    @abstractmethod
+    def domains(self) -> list[str]:
+        """The scanner domains in the order the study uses them (e.g. ``["Siemens", "Philips"]``)."""
+
+    @abstractmethod
+    def index(self) -> pd.DataFrame:
+        """One row per patient: ``patient`` (pseudonym), ``domain``, ``stratum`` (label to stratify on, or None)."""
+
+    @abstractmethod
+    def load(self, patients: Sequence[str]) -> ImageSet:
+        """The items of ``patients``, in native units, all the same shape."""
+
+    @classmethod
+    @abstractmethod
+    def check_root(cls, root: Path) -> None:
+        """Raise :class:`~harmonia.errors.DataError` saying what was expected where if ``root`` is not a usable copy."""
+
+    @classmethod
+    @abstractmethod
+    def write_twin(cls, out: Path, settings: TwinSettings) -> None:
+        """Write the synthetic twin into ``out`` in the real dataset's on-disk layout."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelOutput:
+    """A model's answer: ``logits`` ``[N, classes, ...]`` and the ``features`` DANN and probes attach to."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class Model(Plugin, nn.Module):
+    """A task network. ``forward`` returns a :class:`ModelOutput`; ``feature_channels`` sizes heads on its features."""
+
+    kind: ClassVar[PluginKind] = "model"
+    #: task kinds this model can solve
+    tasks: ClassVar[tuple[TaskKind, ...]] = ("segmentation", "classification")
+
+    def __init__(self, params: Params, task: Task):
+        nn.Module.__init__(self)
+        self.params = params
+        self.task = task
+
+    feature_channels: int
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# Mitigation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainStep:
+    """Everything a mitigation's training-loss stage may use at one optimisation step.
+
+    ``images`` / ``targets`` / ``output`` are the (augmented, z-scored) source batch and the model's
+    answer on it. ``target_images`` / ``target_output`` are an unlabeled batch from the other
+    domains' *train* splits, present only when a mitigation sets ``uses_target_images``.
+    ``progress`` runs from 0 at the first step to 1 at the last.
+    """
+
+    model: Model
+    images: torch.Tensor
+    targets: torch.Tensor
+    output: ModelOutput
+    progress: float
+    epoch: int
+    step: int
+    target_images: torch.Tensor | None = None
+    target_output: ModelOutput | None = None
+
+
+class Mitigation(Plugin):
+    """A method against scanner shift, acting at any of the stages below; each is optional.
+
+    Stages, in the order the protocol calls them for one (seed, training domain) cell:
+
+    1. :meth:`adjust_training_set` - change the training split (target mixing);
+    2. :meth:`fit` - learn something before training (a standardizer);
+    3. :meth:`transform_images` - change every image the model sees: the training set once after
+       ``fit``, and validation and test images before prediction;
+    4. :meth:`build` - make trainable modules trained alongside the model (DANN's classifier);
+    5. :meth:`augment_batch` - change each training batch, in ``batch_space`` units;
+    6. :meth:`extra_loss` - add a term to the training loss at each step.
+
+    Target-domain data reaches a mitigation only from the other domains' train splits.
+    A fresh instance is made for every cell, so state never leaks between cells.
+    """
+
+    kind: ClassVar[PluginKind] = "mitigation"
+    #: when True the engine draws an unlabeled target-domain batch at every step (see TrainStep)
+    uses_target_images: ClassVar[bool] = False
+    #: units of the images :meth:`augment_batch` receives: native (e.g. HU) or z-scored
+    batch_space: ClassVar[Literal["native", "normalized"]] = "normalized"
+
+    def __init__(self, params: Params, task: Task):
+        self.params = params
+        self.task = task
+
+    def adjust_training_set(
+        self, train: ImageSet, target_train: ImageSet | None, rng: np.random.Generator
+    ) -> ImageSet:
+        return train
+
+    def fit(self, train: ImageSet, target_train: ImageSet | None, device: torch.device) -> None:
+        return None
+
+    def transform_images(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def build(self, model: Model) -> nn.Module | None:
+        return None
+
+    def augment_batch(
+        self, images: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augment one training batch; randomness from torch's global RNG, which the engine seeds per cell."""
+        return images, targets
+
+    def extra_loss(self, step: TrainStep) -> torch.Tensor | None:
+        return None
+
+    @classmethod
+    def stages(cls) -> list[str]:
+        """Names of the stages this mitigation implements (those it overrides)."""
+        return [s for s in STAGES if getattr(cls, s) is not getattr(Mitigation, s)]
+
+
+STAGES = (
+    "adjust_training_set",
+    "fit",
+    "transform_images",
+    "build",
+    "augment_batch",
+    "extra_loss",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluator
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Predictions:
+    """A model's predictions on one test set, on the CPU.
+
+    ``predicted`` holds class indices (label maps for segmentation); ``probabilities`` holds the
+    softmax output ``[N, classes, ...]`` where an evaluator needs scores (AUC).
+    """
+
+    task: Task
+    targets: torch.Tensor
+    predicted: torch.Tensor
+    patients: np.ndarray
+    probabilities: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One named metric value over ``n`` units (patients or images, as the evaluator says)."""
+
+    name: str
+    value: float
+    n: int
+
+
+class Evaluator(Plugin, ABC):
+    """Turns predictions on a test set into named metrics; the first one is the evaluator's primary metric."""
+
+    kind: ClassVar[PluginKind] = "evaluator"
+    tasks: ClassVar[tuple[TaskKind, ...]] = ("segmentation", "classification")
+    #: whether a larger primary metric is better (used for epoch selection on validation)
+    higher_is_better: ClassVar[bool] = True
+    #: whether the evaluator needs ``Predictions.probabilities``
+    needs_probabilities: ClassVar[bool] = False
+
+    def __init__(self, params: Params, task: Task):
+        self.params = params
+        self.task = task
+
+    @abstractmethod
+    def evaluate(self, predictions: Predictions) -> list[Metric]:
+        """Metrics of ``predictions``; the first is the primary one."""
+
+
+PLUGIN_BASES: dict[PluginKind, type[Plugin]] = {
+    "cohort": Cohort,
+    "model": Model,
+    "mitigation": Mitigation,
+    "evaluator": Evaluator,
+}

@@ -1,0 +1,89 @@
+"""The Python API for library use: load and run a recipe, read results, build a plugin by name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from harmonia.api import PluginKind, Task
+from harmonia.errors import InputError
+from harmonia.protocol import run_experiment
+from harmonia.recipe import Experiment, load_recipe
+from harmonia.registry import Entry, Registry, default_registry
+from harmonia.report import read_run, write_report
+from harmonia.results import RunFolder
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished (or partial) run folder with its results as DataFrames."""
+
+    path: Path
+
+    @property
+    def results(self) -> pd.DataFrame:
+        return read_run(self.path)[0]
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        path = self.path / "summary.csv"
+        return pd.read_csv(path) if path.exists() else pd.DataFrame()
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return read_run(self.path)[1]
+
+
+def default_run_dir(experiment: Experiment) -> Path:
+    """``runs/<recipe name>/<timestamp>/`` under the current folder."""
+    return Path("runs") / experiment.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def run(
+    recipe: str | Path | dict[str, Any],
+    overrides: list[str] | tuple[str, ...] = (),
+    out: str | Path | None = None,
+    registry: Registry | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Run:
+    """Run a recipe (a YAML path or a mapping) into a new run folder and write its report."""
+    experiment = load_recipe(recipe, overrides, registry)
+    folder = Path(out) if out is not None else default_run_dir(experiment)
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder}: the run folder already exists and is not empty (use --resume to finish it)")
+    run_experiment(experiment, folder, registry, progress)
+    write_report(folder)
+    return Run(folder)
+
+
+def resume(run_dir: str | Path, registry: Registry | None = None, progress: Callable[[str], None] | None = None) -> Run:
+    """Finish the cells of ``run_dir`` that are missing, using the recipe saved in it."""
+    folder = RunFolder(Path(run_dir), [])
+    if not folder.recipe_path.exists():
+        raise InputError(f"{run_dir}: not a harmonia run folder (no recipe.yaml)")
+    experiment = load_recipe(folder.recipe_path, (), registry)
+    run_experiment(experiment, Path(run_dir), registry, progress)
+    write_report(Path(run_dir))
+    return Run(Path(run_dir))
+
+
+def list_plugins(kind: PluginKind | None = None, pattern: str = "*") -> list[Entry]:
+    """Installed plugins (optionally of one kind, names matching a glob), like ``harmonia list``."""
+    return default_registry().entries(kind, pattern)
+
+
+def create_plugin(kind: PluginKind, name: str, *args: Any, **params: Any) -> Any:
+    """An instance of plugin ``name`` with ``params`` validated by its model.
+
+    ``args`` are what the plugin kind's constructor takes after its params: a data folder for a
+    cohort, a :class:`~harmonia.api.Task` for a model, mitigation or evaluator.
+    """
+    entry = default_registry().get(kind, name)
+    return entry.cls(entry.cls.Params.model_validate(params), *args)
+
+
+__all__ = ["Run", "Task", "create_plugin", "list_plugins", "load_recipe", "resume", "run"]

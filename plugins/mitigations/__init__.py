@@ -1,0 +1,1 @@
+"""First-party harmonia plugins, registered through the `harmonia` entry-point group."""

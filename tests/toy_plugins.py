@@ -1,0 +1,204 @@
+"""Tiny plugins for testing the core fast: a two-domain toy cohort, a small conv net, a pixel-accuracy
+evaluator and spies that record what the protocol hands to mitigations and evaluators.
+
+The toy cohort's domain B has inverted, rescaled intensities, so a model trained on A fails on B.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from pydantic import Field
+from torch import nn
+
+from harmonia import hookimpl
+from harmonia.api import (
+    Cohort,
+    Evaluator,
+    ImageSet,
+    Metric,
+    Mitigation,
+    Model,
+    ModelOutput,
+    Params,
+    Predictions,
+    Task,
+    TrainStep,
+    TwinSettings,
+)
+from harmonia.errors import DataError
+
+SIZE = 16
+
+
+class ToyCohortParams(Params):
+    domains: list[str] = Field(["A", "B"], description="domains to use")
+
+
+class ToyCohort(Cohort):
+    """Two-domain toy segmentation cohort (SYNTHETIC squares), for tests."""
+
+    name = "toy"
+    modality = "MRI"
+    Params = ToyCohortParams
+    obtain = "it is made by the tests"
+    task = Task("segmentation", ("background", "square"))
+
+    def _data(self) -> dict[str, np.ndarray]:
+        with np.load(self.root / "toy.npz", allow_pickle=False) as f:
+            return dict(f)
+
+    def domains(self) -> list[str]:
+        return list(self.params.domains)
+
+    def index(self) -> pd.DataFrame:
+        d = self._data()
+        return pd.DataFrame({"patient": d["patients"], "domain": d["domains"], "stratum": d["strata"]})
+
+    def load(self, patients: Sequence[str]) -> ImageSet:
+        d = self._data()
+        keep = np.isin(d["item_patients"], np.asarray(patients))
+        return ImageSet(
+            torch.from_numpy(d["images"][keep]),
+            torch.from_numpy(d["masks"][keep]).long(),
+            d["item_patients"][keep].astype(object),
+            d["item_domains"][keep].astype(object),
+        )
+
+    @classmethod
+    def check_root(cls, root: Path) -> None:
+        if not (root / "toy.npz").exists():
+            raise DataError(f"{root}: no toy.npz")
+
+    @classmethod
+    def write_twin(cls, out: Path, settings: TwinSettings) -> None:
+        rng = np.random.default_rng(settings.seed)
+        patients, domains, strata, images, masks, item_patients, item_domains = [], [], [], [], [], [], []
+        for domain in ("A", "B"):
+            for p in range(settings.patients):
+                pid = f"{domain}{p:03d}"
+                patients.append(pid)
+                domains.append(domain)
+                strata.append(str(p % 2))
+                for _ in range(3):
+                    mask = np.zeros((SIZE, SIZE), np.int64)
+                    r, c = rng.integers(2, SIZE - 8, 2)
+                    side = rng.integers(4, 7)
+                    mask[r : r + side, c : c + side] = 1
+                    image = mask * 1.0 + 0.2 * rng.standard_normal((SIZE, SIZE))
+                    if domain == "B":
+                        image = (1.0 - image) * 3.0 * settings.strength + image * (1 - settings.strength)
+                    images.append(image[None].astype(np.float32))
+                    masks.append(mask)
+                    item_patients.append(pid)
+                    item_domains.append(domain)
+        np.savez(
+            out / "toy.npz",
+            patients=np.array(patients),
+            domains=np.array(domains),
+            strata=np.array(strata),
+            images=np.stack(images),
+            masks=np.stack(masks),
+            item_patients=np.array(item_patients),
+            item_domains=np.array(item_domains),
+        )
+
+
+class ToyNetParams(Params):
+    width: int = Field(8, ge=1, description="channels")
+
+
+class ToyNet(Model):
+    """A three-layer conv net for tests."""
+
+    name = "toynet"
+    Params = ToyNetParams
+    tasks = ("segmentation",)
+
+    def __init__(self, params: ToyNetParams, task: Task):
+        super().__init__(params, task)
+        w = params.width
+        self.encoder = nn.Sequential(nn.Conv2d(task.in_channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+        self.head = nn.Conv2d(w, task.num_classes, 1)
+        self.feature_channels = w
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        features = self.encoder(x)
+        return ModelOutput(self.head(features), features)
+
+
+class PixelAccuracy(Evaluator):
+    """Fraction of correctly labelled pixels, for tests."""
+
+    name = "pixel_accuracy"
+    tasks = ("segmentation",)
+
+    def evaluate(self, predictions: Predictions) -> list[Metric]:
+        correct = (predictions.predicted == predictions.targets).float().mean().item()
+        return [Metric("pixel_accuracy", correct, len(set(predictions.patients)))]
+
+
+class SpyEvaluator(PixelAccuracy):
+    """Pixel accuracy that records every patient it was shown (to prove selection never sees test data)."""
+
+    name = "spy_evaluator"
+    seen: ClassVar[list[set[str]]] = []
+
+    def evaluate(self, predictions: Predictions) -> list[Metric]:
+        SpyEvaluator.seen.append(set(predictions.patients))
+        return super().evaluate(predictions)
+
+
+class SpyMitigation(Mitigation):
+    """Records the target-domain data it receives and adds a zero loss that uses the target batch."""
+
+    name = "spy_mitigation"
+    uses_target_images = True
+    target_patients: ClassVar[list[set[str]]] = []
+    target_batches: ClassVar[list[int]] = []
+
+    def adjust_training_set(self, train, target_train, rng):
+        SpyMitigation.target_patients.append(set(target_train.patients))
+        return train
+
+    def extra_loss(self, step: TrainStep) -> torch.Tensor:
+        SpyMitigation.target_batches.append(len(step.target_images))
+        return 0.0 * step.target_output.logits.sum()
+
+
+class FailingMitigation(Mitigation):
+    """Raises on the Nth training cell, to simulate a crash in the middle of a run."""
+
+    name = "failing"
+    calls: ClassVar[int] = 0
+    fail_at: ClassVar[int] = 10**9
+
+    def build(self, model):
+        FailingMitigation.calls += 1
+        if FailingMitigation.calls == FailingMitigation.fail_at:
+            raise KeyboardInterrupt
+        return None
+
+
+@hookimpl
+def harmonia_cohorts():
+    return [ToyCohort]
+
+
+@hookimpl
+def harmonia_models():
+    return [ToyNet]
+
+
+@hookimpl
+def harmonia_evaluators():
+    return [PixelAccuracy, SpyEvaluator]
+
+
+@hookimpl
+def harmonia_mitigations():
+    return [SpyMitigation, FailingMitigation]
