@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harmonia.errors import InputError  # noqa: E402
-from harmonia.results import TAIL_COLUMNS, atomic_write_text, domain_rank, summarize  # noqa: E402
+from harmonia.results import TAIL_COLUMNS, atomic_write_text, domain_rank, read_results, summarize  # noqa: E402
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -32,13 +32,7 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     results_path, manifest_path = run_dir / "results.csv", run_dir / "manifest.json"
     if not manifest_path.exists():
         raise InputError(f"{run_dir}: not a harmonia run folder (no manifest.json)")
-    manifest = json.loads(manifest_path.read_text())
-    if not results_path.exists():
-        return pd.DataFrame(), manifest
-    frame = pd.read_csv(results_path, keep_default_na=False, na_values=[""])
-    for column in ("train_domain", "test_domain", "metric", "mitigations"):
-        frame[column] = frame[column].astype(str)
-    return frame, manifest
+    return read_results(results_path), json.loads(manifest_path.read_text())
 
 
 def primary_metric(results: pd.DataFrame) -> str:

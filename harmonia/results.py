@@ -32,6 +32,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def read_results(path: Path) -> pd.DataFrame:
+    """A ``results.csv`` with its text columns as text (domain names like "3" stay strings); empty if absent."""
+    if not Path(path).exists():
+        return pd.DataFrame()
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    for column in ("train_domain", "test_domain", "metric", "cohort", "mitigations"):
+        frame[column] = frame[column].astype(str)
+    return frame
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -73,12 +83,8 @@ class RunFolder:
         return self.path / "summary.csv"
 
     def _read_results(self) -> pd.DataFrame:
-        if self.results_path.exists():
-            frame = pd.read_csv(self.results_path, keep_default_na=False, na_values=[""])
-            for column in ("train_domain", "test_domain", "metric", "cohort", "mitigations"):
-                frame[column] = frame[column].astype(str)
-            return frame
-        return pd.DataFrame(columns=self.columns)
+        frame = read_results(self.results_path)
+        return frame if not frame.empty else pd.DataFrame(columns=self.columns)
 
     # -- manifest ---------------------------------------------------------------------------
 
