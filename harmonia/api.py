@@ -1,7 +1,7 @@
 """The four plugin interfaces (cohort, model, mitigation, evaluator) and the typed objects they exchange.
 
 This module is the ground floor of harmonia: it imports nothing else from the package but
-``errors``, and every other module (and every plugin) may import it.
+``errors`` and ``privacy``, and every other module (and every plugin) may import it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+
+from harmonia.errors import UnreadableFile
+from harmonia.privacy import pseudonymize
 
 TaskKind = Literal["segmentation", "classification"]
 PluginKind = Literal["cohort", "model", "mitigation", "evaluator"]
@@ -134,6 +137,25 @@ class TwinSettings(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
+class CohortParams(Params):
+    """Parameters every cohort takes; a cohort's own parameter model extends this one."""
+
+    on_unreadable: Literal["stop", "skip"] = Field(
+        "stop",
+        description="a file that cannot be read stops the run (stop) or is skipped and listed in the run's "
+        "unreadable.csv (skip)",
+    )
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A file a cohort skipped: the patient's pseudonym, the file with that patient's ID masked, and why."""
+
+    patient: str
+    file: str
+    reason: str
+
+
 class Cohort(Plugin, ABC):
     """A dataset split into scanner domains: indexes patients and loads their images.
 
@@ -150,6 +172,23 @@ class Cohort(Plugin, ABC):
     def __init__(self, params: Params, root: Path):
         self.params = params
         self.root = Path(root)
+        #: files skipped under ``on_unreadable: skip``, in the order they were met
+        self.unreadable: list[UnreadableRecord] = []
+
+    def unreadable_file(self, error: UnreadableFile, patient: str) -> None:
+        """Stop on ``error`` (``on_unreadable: stop``), or record it and return so the caller skips the file.
+
+        ``patient`` is the raw identifier the file belongs to; it is replaced by its pseudonym in
+        the recorded file name, and never stored itself.
+        """
+        if getattr(self.params, "on_unreadable", "stop") == "stop":
+            raise error
+        pseudonym = pseudonymize(patient, self.name)
+        try:
+            file = str(Path(error.path).relative_to(self.root))
+        except ValueError:
+            file = Path(error.path).name
+        self.unreadable.append(UnreadableRecord(pseudonym, file.replace(str(patient), pseudonym), error.reason))
 
     #: the prediction task; a class attribute where fixed (recipes are then checked against it
     #: before anything runs), or a property where it depends on the parameters

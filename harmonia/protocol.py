@@ -212,6 +212,10 @@ def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, de
                 say(f"cohort {point.recipe.cohort.plugin}: SYNTHETIC twin data ({source.root})")
             else:
                 say(f"cohort {point.recipe.cohort.plugin}: real data from {source.root}")
+            skipped = cohorts[key].cohort.unreadable
+            if skipped:
+                folder.add_unreadable(point.recipe.cohort.plugin, skipped)
+                say(f"cohort {point.recipe.cohort.plugin}: {len(skipped)} unreadable file(s) skipped; see unreadable.csv")
         return cohorts[key]
 
     def domains_of(point: SweepPoint) -> list[str]:

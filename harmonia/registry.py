@@ -19,7 +19,7 @@ import pluggy
 
 from harmonia import hookspecs
 from harmonia.api import PLUGIN_BASES, PLUGIN_KINDS, Plugin, PluginKind
-from harmonia.errors import PluginError
+from harmonia.errors import PluginError, one_line
 
 ENTRY_POINT_GROUP = "harmonia"
 #: set to a non-empty value to skip entry-point discovery (plugins can still be registered by hand)
@@ -94,7 +94,7 @@ class Registry:
         try:
             module = ep.load()
         except Exception as exc:  # a broken plugin must not break the others
-            self.failures.append(Failure(ep.name, source, _one_line(exc)))
+            self.failures.append(Failure(ep.name, source, one_line(exc)))
             return
         self.register(module, source, name=ep.name)
 
@@ -117,7 +117,7 @@ class Registry:
                     for plugin_cls in classes:
                         self._add(kind, plugin_cls, source)
                 except Exception as exc:
-                    self.failures.append(Failure(plugin_name, source, _one_line(exc)))
+                    self.failures.append(Failure(plugin_name, source, one_line(exc)))
 
     def _add(self, kind: PluginKind, plugin_cls: type, source: Source) -> None:
         base = PLUGIN_BASES[kind]
@@ -176,11 +176,6 @@ class Registry:
         if self.failures:
             message += f"; {len(self.failures)} plugin module(s) failed to load, see `harmonia list`"
         raise PluginError(message)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 _default: Registry | None = None

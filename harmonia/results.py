@@ -59,7 +59,8 @@ def format_value(value: Any) -> Any:
 
 
 class RunFolder:
-    """One run's folder (DESIGN.md §5): ``recipe.yaml``, ``manifest.json``, ``results.csv``, ``summary.csv``."""
+    """One run's folder (DESIGN.md §5): ``recipe.yaml``, ``manifest.json``, ``results.csv``, ``summary.csv``
+    (and ``unreadable.csv`` when a cohort skipped files)."""
 
     def __init__(self, path: Path, sweep_keys: list[str]):
         self.path = Path(path)
@@ -96,6 +97,23 @@ class RunFolder:
         manifest.update(fields)
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         return manifest
+
+    # -- files a cohort skipped ---------------------------------------------------------------
+
+    @property
+    def unreadable_path(self) -> Path:
+        return self.path / "unreadable.csv"
+
+    def add_unreadable(self, cohort: str, records: list[Any]) -> None:
+        """List the files ``cohort`` skipped (pseudonymised records) in ``unreadable.csv`` and count them in the manifest."""
+        rows = [{"cohort": cohort, "patient": r.patient, "file": r.file, "reason": r.reason} for r in records]
+        old = pd.read_csv(self.unreadable_path, dtype=str) if self.unreadable_path.exists() else pd.DataFrame()
+        if not old.empty:
+            old = old[old["cohort"] != cohort]
+        frame = pd.concat([old, pd.DataFrame(rows, columns=["cohort", "patient", "file", "reason"])], ignore_index=True)
+        atomic_write_text(self.unreadable_path, frame.to_csv(index=False))
+        counts = self.read_manifest().get("unreadable_files", {})
+        self.update_manifest(unreadable_files={**counts, cohort: len(rows)})
 
     # -- results ----------------------------------------------------------------------------
 

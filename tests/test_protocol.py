@@ -10,6 +10,8 @@ import toy_plugins
 import yaml
 
 from harmonia import runner
+from harmonia.errors import DataError
+from harmonia.privacy import pseudonymize
 from harmonia.results import HEAD_COLUMNS, TAIL_COLUMNS
 
 
@@ -129,3 +131,22 @@ def test_sweeping_the_mitigation_list_labels_each_point_by_its_methods(registry,
     results = runner.run(toy_recipe, out=tmp_path / "run", registry=registry).results
     assert list(results.columns) == HEAD_COLUMNS + TAIL_COLUMNS
     assert results.groupby("sweep_id")["mitigations"].first().tolist() == ["none", "spy_mitigation"]
+
+
+def test_unreadable_files_stop_the_run_or_are_listed_pseudonymised(registry, toy_recipe, tmp_path):
+    root = tmp_path / "toy-data"
+    root.mkdir()
+    toy_plugins.ToyCohort.write_twin(root, toy_plugins.TwinSettings(patients=6, seed=1))
+    (root / "A001.broken").write_text("")
+    toy_recipe["cohort"]["root"] = str(root)
+    with pytest.raises(DataError, match=r"A001\.broken: truncated file"):
+        runner.run(toy_recipe, out=tmp_path / "stopped", registry=registry)
+
+    toy_recipe["cohort"]["params"] = {"on_unreadable": "skip"}
+    run = runner.run(toy_recipe, out=tmp_path / "run", registry=registry)
+    listed = pd.read_csv(run.path / "unreadable.csv")
+    assert listed[["cohort", "reason"]].values.tolist() == [["toy", "truncated file"]]
+    assert listed["patient"].item() == pseudonymize("A001", "toy") and listed["file"].item() == f"{listed['patient'].item()}.broken"
+    assert run.manifest["unreadable_files"] == {"toy": 1}
+    assert not any("A001" in p.read_text() for p in run.path.glob("*.*") if p.is_file() and p.suffix != ".png")
+    assert len(run.results) == 8

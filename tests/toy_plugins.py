@@ -18,6 +18,7 @@ from torch import nn
 from harmonia import hookimpl
 from harmonia.api import (
     Cohort,
+    CohortParams,
     Evaluator,
     ImageSet,
     Metric,
@@ -30,12 +31,12 @@ from harmonia.api import (
     TrainStep,
     TwinSettings,
 )
-from harmonia.errors import DataError
+from harmonia.errors import DataError, UnreadableFile
 
 SIZE = 16
 
 
-class ToyCohortParams(Params):
+class ToyCohortParams(CohortParams):
     domains: list[str] = Field(["A", "B"], description="domains to use")
 
 
@@ -56,8 +57,13 @@ class ToyCohort(Cohort):
         return list(self.params.domains)
 
     def index(self) -> pd.DataFrame:
+        """Every patient, less those with a ``<patient>.broken`` file in the root (an unreadable file)."""
         d = self._data()
-        return pd.DataFrame({"patient": d["patients"], "domain": d["domains"], "stratum": d["strata"]})
+        broken = [path.stem for path in sorted(self.root.glob("*.broken"))]
+        for patient in broken:
+            self.unreadable_file(UnreadableFile(self.root / f"{patient}.broken", "truncated file"), patient)
+        table = pd.DataFrame({"patient": d["patients"], "domain": d["domains"], "stratum": d["strata"]})
+        return table[~table["patient"].isin(broken)].reset_index(drop=True)
 
     def load(self, patients: Sequence[str]) -> ImageSet:
         d = self._data()

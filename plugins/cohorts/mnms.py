@@ -16,23 +16,21 @@ The patient code leaves this module only as a pseudonym.
 
 from __future__ import annotations
 
-import re
-import zlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal, Sequence
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field, field_validator
-from scipy import ndimage
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, ImageSet, Params, Task, TwinSettings
-from harmonia.errors import DataError
+from harmonia.api import Cohort, CohortParams, ImageSet, Task, TwinSettings
+from harmonia.errors import DataError, one_line
+from harmonia.geometry import to_grid
+from harmonia.io import canonical_vendor, read_image
 from harmonia.privacy import pseudonymize
 from harmonia_plugins.cohorts.mnms_twin import write_twin
 
@@ -54,7 +52,7 @@ OBTAIN = (
 )
 
 
-class MnmsParams(Params):
+class MnmsParams(CohortParams):
     """Which vendors to use and the geometry every slice is brought to."""
 
     domains: list[str] = Field(
@@ -84,7 +82,7 @@ class MnmsParams(Params):
     def _known_vendors(cls, value: list[str]) -> list[str]:
         vendors = []
         for name in value:
-            vendor = canonical_vendor(name)
+            vendor = mnms_vendor(name)
             if vendor is None:
                 raise ValueError(f"unknown vendor {name!r}; M&Ms has {', '.join(VENDORS)}")
             if vendor in vendors:
@@ -106,26 +104,11 @@ class MnmsParams(Params):
 # Vendor names
 # --------------------------------------------------------------------------------------------
 
-_VENDOR_WORDS = (
-    (("siemens",), "Siemens"),
-    (("philips",), "Philips"),
-    (("ge", "g e", "general electric"), "GE"),
-    # Toshiba Medical Systems became Canon Medical Systems in 2018; M&Ms vendor D is Canon
-    (("canon", "toshiba"), "Canon"),
-)
 
-
-def canonical_vendor(text: str) -> str | None:
-    """The canonical vendor of a free-text manufacturer name, or None if it names none of the four.
-
-    "SIEMENS" and "Siemens Healthineers" give ``Siemens``; "Philips Medical Systems" ``Philips``;
-    "GE MEDICAL SYSTEMS", "G.E. Medical Systems" ``GE``; "Canon Medical Systems", "TOSHIBA_MEC" ``Canon``.
-    """
-    words = re.sub(r"[^a-z]+", " ", str(text).lower()).strip()
-    for prefixes, vendor in _VENDOR_WORDS:
-        if any(words == p or words.startswith(p + " ") for p in prefixes):
-            return vendor
-    return None
+def mnms_vendor(text: str) -> str | None:
+    """The M&Ms vendor a free-text manufacturer names (``Siemens``, ``Philips``, ``GE``, ``Canon``), else None."""
+    vendor = canonical_vendor(text)
+    return vendor if vendor in VENDORS else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +149,7 @@ def read_info_sheet(path: Path) -> pd.DataFrame:
     except ImportError as exc:
         raise DataError(f"{path}: reading .xlsx needs openpyxl ({exc}); install it or save the sheet as CSV") from exc
     except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: unreadable information sheet ({_one_line(exc)})") from exc
+        raise DataError(f"{path}: unreadable information sheet ({one_line(exc)})") from exc
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in (CODE, ED, ES) if c not in table.columns]
     if missing:
@@ -187,9 +170,9 @@ def row_vendor(row: pd.Series, sheet: Path, line: int) -> str:
     letter, name = _cell(row, VENDOR).upper(), _cell(row, VENDOR_NAME)
     if letter and letter not in VENDOR_OF_LETTER:
         raise DataError(f"{sheet} line {line}: unknown {VENDOR} letter {letter!r} (expected A, B, C or D)")
-    if name and canonical_vendor(name) is None:
+    if name and mnms_vendor(name) is None:
         raise DataError(f"{sheet} line {line}: unknown {VENDOR_NAME} {name!r} (expected Siemens, Philips, GE or Canon)")
-    by_letter, by_name = VENDOR_OF_LETTER.get(letter), canonical_vendor(name) if name else None
+    by_letter, by_name = VENDOR_OF_LETTER.get(letter), mnms_vendor(name) if name else None
     if by_letter and by_name and by_letter != by_name:
         raise DataError(f"{sheet} line {line}: {VENDOR} {letter} ({by_letter}) contradicts {VENDOR_NAME} {name!r}")
     if not (by_letter or by_name):
@@ -275,17 +258,10 @@ def missing_sheet_message(root: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
 def read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The voxel array (stored type, scaling applied) and voxel sizes; DataError if the file cannot be read."""
-    try:
-        image = nib.load(path)
-        return np.asanyarray(image.dataobj), tuple(float(z) for z in image.header.get_zooms())
-    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
-        raise DataError(f"{path}: unreadable NIfTI ({_one_line(exc)})") from exc
+    """The voxel array in the file's axis order (X x Y x Z x T) and its voxel sizes, via :func:`harmonia.io.read_image`."""
+    image = read_image(path)
+    return image.array.T, tuple(reversed(image.spacing))
 
 
 def read_case(record: Record) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -317,21 +293,6 @@ def frame_labels(labels: np.ndarray, frame: int, phase: str, record: Record) -> 
     if volume.min() < 0 or volume.max() >= len(CLASS_NAMES):
         raise DataError(f"{record.gt}: labels {np.unique(volume).tolist()[:8]} outside 0..{len(CLASS_NAMES) - 1}")
     return volume
-
-
-def to_grid(volume: np.ndarray, spacing: tuple[float, float], size: int, target: float, order: int) -> np.ndarray:
-    """Slices ``[Z, Y, X]`` resampled to ``target`` mm and centre-cropped/zero-padded to ``size`` x ``size``.
-
-    One affine map does both: output pixel ``o`` samples input position
-    ``centre_in + (o - centre_out) * target / spacing``; ``order`` is 1 for images, 0 (nearest)
-    for labels. Images are smoothed before they are shrunk, so noise and edges do not alias.
-    """
-    step = np.array([1.0, target / spacing[1], target / spacing[0]])
-    if order > 0 and (step > 1).any():
-        volume = ndimage.gaussian_filter(volume, np.maximum(0.0, (step - 1) / 2))
-    out_shape = (volume.shape[0], size, size)
-    offset = (np.array(volume.shape) - 1) / 2 - step * (np.array(out_shape) - 1) / 2
-    return ndimage.affine_transform(volume, step, offset=offset, output_shape=out_shape, order=order, mode="constant")
 
 
 # --------------------------------------------------------------------------------------------

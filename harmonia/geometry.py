@@ -1,0 +1,45 @@
+"""Bringing images to a common geometry: in-plane resampling to a fixed grid, fixed-size crops around a point."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+
+def to_grid(volume: np.ndarray, spacing: tuple[float, float], size: int, target: float, order: int) -> np.ndarray:
+    """Slices ``[Z, Y, X]`` resampled to ``target`` mm and centre-cropped/zero-padded to ``size`` x ``size``.
+
+    ``spacing`` is the in-plane pixel size (x, y) in mm. One affine map does both: output pixel
+    ``o`` samples input position ``centre_in + (o - centre_out) * target / spacing``; ``order`` is 1
+    for images, 0 (nearest) for labels. Images are smoothed before they are shrunk, so noise and
+    edges do not alias.
+    """
+    step = np.array([1.0, target / spacing[1], target / spacing[0]])
+    if order > 0 and (step > 1).any():
+        volume = ndimage.gaussian_filter(volume, np.maximum(0.0, (step - 1) / 2))
+    out_shape = (volume.shape[0], size, size)
+    offset = (np.array(volume.shape) - 1) / 2 - step * (np.array(out_shape) - 1) / 2
+    return ndimage.affine_transform(volume, step, offset=offset, output_shape=out_shape, order=order, mode="constant")
+
+
+def crop_around(volume: np.ndarray, centre: Sequence[float], shape: Sequence[int], fill: float) -> np.ndarray:
+    """The ``shape`` block of ``volume`` centred on the index point ``centre``, padded with ``fill`` outside it.
+
+    For an even side the block holds one more voxel before the centre than after it. The
+    centre is rounded to the nearest voxel, so the crop is an exact copy (no interpolation).
+    """
+    if len(centre) != volume.ndim or len(shape) != volume.ndim:
+        raise ValueError(f"centre {tuple(centre)} and shape {tuple(shape)} must have {volume.ndim} axes like the volume")
+    out = np.full(tuple(int(s) for s in shape), fill, dtype=volume.dtype)
+    source, target = [], []
+    for c, side, length in zip(centre, shape, volume.shape):
+        start = int(np.floor(c + 0.5)) - int(side) // 2
+        lo, hi = max(start, 0), min(start + int(side), length)
+        if lo >= hi:
+            return out
+        source.append(slice(lo, hi))
+        target.append(slice(lo - start, hi - start))
+    out[tuple(target)] = volume[tuple(source)]
+    return out
