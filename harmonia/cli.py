@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--patients", type=int, help="patients per scanner domain")
     synth.add_argument("--seed", type=int, help="seed of the phantoms and signatures")
     synth.add_argument("--strength", type=float, help="scanner-signature strength (0 = no vendor effect)")
+    synth.add_argument("--difficulty", type=float, help="task difficulty, 0 (easy) to 1 (hard)")
 
     report = sub.add_parser("report", help="(re)write report.md and figures/ of a run folder")
     report.add_argument("run_dir")
@@ -131,19 +132,20 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from harmonia.api import TwinSettings
+    from harmonia.datasource import write_labelled_twin
     from harmonia.registry import default_registry
 
     entry = default_registry().get("cohort", args.cohort)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: folder is not empty; choose a new or empty folder for the twin")
-    given = {"patients": args.patients, "seed": args.seed, "strength": args.strength}
+    given = {"patients": args.patients, "seed": args.seed, "strength": args.strength, "difficulty": args.difficulty}
     try:
         settings = TwinSettings(**{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise InputError(f"synth: {str(exc).splitlines()[0]}: {str(exc).splitlines()[-1].strip()}") from None
     out.mkdir(parents=True, exist_ok=True)
-    entry.cls.write_twin(out, settings)
+    write_labelled_twin(entry.cls, out, settings)
     print(f"wrote the SYNTHETIC twin of {args.cohort} ({settings.patients} patients per domain) to {out}")
     return EXIT_OK
 

@@ -22,6 +22,8 @@ from harmonia.errors import DataError
 from harmonia.paths import DATA_ENV, cache_dir, data_home
 
 COMPLETE_MARKER = ".harmonia-twin-complete"
+#: every twin folder carries this file, so a copied twin is never mistaken for patients' data
+TWIN_LABEL = "SYNTHETIC_TWIN.txt"
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,23 @@ def ensure_twin(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        cohort_cls.write_twin(tmp, twin)
+        write_labelled_twin(cohort_cls, tmp, twin)
         (tmp / COMPLETE_MARKER).write_text(twin.model_dump_json())
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def write_labelled_twin(cohort_cls: type[Cohort], folder: Path, twin: TwinSettings) -> None:
+    """Write the twin into ``folder`` with a note saying it is synthetic, by what and with which settings."""
+    cohort_cls.write_twin(folder, twin)
+    (folder / TWIN_LABEL).write_text(
+        f"SYNTHETIC data: the twin of the {cohort_cls.name} cohort, written by harmonia {harmonia.__version__}.\n"
+        f"No image or record here comes from a patient; names and IDs in the headers are invented.\n"
+        f"Settings: {twin.model_dump_json()}\n"
+    )
 
 
 def _code_fingerprint(cohort_cls: type[Cohort]) -> str:

@@ -59,6 +59,8 @@ def test_synth_writes_the_twin_and_refuses_a_full_folder(registry, tmp_path, cap
     out = tmp_path / "twin"
     assert main(["synth", "toy", "--out", str(out), "--patients", "3", "--seed", "2"]) == 0
     assert (out / "toy.npz").exists() and "SYNTHETIC" in capsys.readouterr().out
+    assert (out / "SYNTHETIC_TWIN.txt").read_text().startswith("SYNTHETIC data")
+    assert main(["synth", "toy", "--out", str(tmp_path / "hard"), "--difficulty", "1.5"]) == 2
     assert main(["synth", "toy", "--out", str(out)]) == 2
     assert main(["synth", "toy", "--out", str(tmp_path / "x"), "--patients", "1"]) == 2
 

@@ -271,3 +271,13 @@ def test_twin_writing_is_deterministic(tmp_path):
     second = ct_series(tmp_path / "b" / "ct")
     assert first.sop_instance_uids == second.sop_instance_uids
     assert [f.read_bytes() for f in first.files] == [f.read_bytes() for f in second.files]
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGLosslessSV1, pydicom.uid.JPEGLSLossless, JPEG2000Lossless, RLELossless],
+)
+def test_decoders_for_the_transfer_syntaxes_tcia_cohorts_use_are_installed(syntax):
+    from pydicom.pixels import get_decoder
+
+    assert get_decoder(syntax).is_available, f"no decoder for {syntax.name}; the project's dependencies should bring one"
