@@ -6,15 +6,17 @@ This module is the ground floor of harmonia: it imports nothing else from the pa
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal, Sequence
+from typing import Annotated, ClassVar, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from torch import nn
 
 from harmonia.errors import UnreadableFile
@@ -29,6 +31,18 @@ class Params(BaseModel):
     """Base for a plugin's parameter model: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _compiles(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from exc
+    return value
+
+
+#: a parameter holding a regular expression, checked to compile when the recipe is validated
+RegexPattern = Annotated[str, AfterValidator(_compiles)]
 
 
 class NoParams(Params):
@@ -104,9 +118,13 @@ class ImageSet:
         t = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(self.images[t], self.targets[t], self.patients[index], self.domains[index])
 
-    def of_patients(self, patients: Sequence[str]) -> ImageSet:
-        """The items that belong to ``patients``."""
-        return self.take(np.isin(self.patients, np.asarray(list(patients), dtype=object)))
+    def of_patients(self, patients: Sequence[str], domain: str | None = None) -> ImageSet:
+        """The items that belong to ``patients`` (only those of ``domain`` when given: paired cohorts
+        hold the same patient in several domains)."""
+        keep = np.isin(self.patients, np.asarray(list(patients), dtype=object))
+        if domain is not None:
+            keep &= self.domains == domain
+        return self.take(keep)
 
     @staticmethod
     def concat(sets: Sequence[ImageSet]) -> ImageSet:
@@ -119,6 +137,46 @@ class ImageSet:
             np.concatenate([s.patients for s in sets]),
             np.concatenate([s.domains for s in sets]),
         )
+
+
+class ItemsBuilder:
+    """Single-channel items gathered patient by patient and joined into one :class:`ImageSet` (a loader's tail)."""
+
+    def __init__(self, item_shape: Sequence[int], target_shape: Sequence[int] = ()):
+        self.item_shape, self.target_shape = tuple(item_shape), tuple(target_shape)
+        self.images: list[np.ndarray] = []
+        self.targets: list[np.ndarray] = []
+        self.patients: list[str] = []
+        self.domains: list[str] = []
+
+    def add(self, images: np.ndarray | Sequence[np.ndarray], targets: Sequence | np.ndarray, patient: str, domain: str) -> None:
+        """Add one patient's ``n`` images (``[n, *item_shape]``) of ``domain`` and their ``n`` targets."""
+        images = np.asarray(images, dtype=np.float32).reshape(-1, *self.item_shape)
+        targets = np.asarray(targets, dtype=np.int64).reshape(-1, *self.target_shape)
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images.append(images)
+        self.targets.append(targets)
+        self.patients += [patient] * len(images)
+        self.domains += [domain] * len(images)
+
+    def image_set(self) -> ImageSet:
+        """Everything added, in order, with a channel axis: ``[N, 1, *item_shape]`` (empty when nothing was)."""
+        images = np.concatenate([np.zeros((0, *self.item_shape), np.float32), *self.images])
+        targets = np.concatenate([np.zeros((0, *self.target_shape), np.int64), *self.targets])
+        return ImageSet(
+            images=torch.from_numpy(images)[:, None],
+            targets=torch.from_numpy(targets),
+            patients=np.array(self.patients, dtype=object),
+            domains=np.array(self.domains, dtype=object),
+        )
+
+
+def require_known(patients: Sequence[str], known: Mapping[str, object]) -> None:
+    """KeyError naming (up to three of) the ``patients`` a cohort's index does not hold."""
+    unknown = [p for p in patients if p not in known]
+    if unknown:
+        raise KeyError(f"patients not in this cohort's index: {unknown[:3]}")
 
 
 class TwinSettings(BaseModel):
@@ -174,6 +232,16 @@ class Cohort(Plugin, ABC):
         self.root = Path(root)
         #: files skipped under ``on_unreadable: skip``, in the order they were met
         self.unreadable: list[UnreadableRecord] = []
+        #: patients left out for a reason that is no fault of the copy (no contours, no label): pseudonym -> reason
+        self.excluded: dict[str, str] = {}
+
+    def exclude(self, patient: str, reason: str) -> None:
+        """Leave out the patient with raw identifier ``patient``, recording why under its pseudonym."""
+        self.excluded[pseudonymize(patient, self.name)] = reason
+
+    def exclusion_counts(self) -> dict[str, int]:
+        """How many patients were left out, per reason (what a run's manifest records)."""
+        return dict(Counter(self.excluded.values()))
 
     def unreadable_file(self, error: UnreadableFile, patient: str) -> None:
         """Stop on ``error`` (``on_unreadable: stop``), or record it and return so the caller skips the file.

@@ -99,10 +99,12 @@ def write_labelled_twin(cohort_cls: type[Cohort], folder: Path, twin: TwinSettin
 
 
 def _code_fingerprint(cohort_cls: type[Cohort]) -> str:
-    """Hash of the cohort's module and the simulator, so a changed twin generator is not served stale."""
+    """Hash of the modules beside the cohort's (a twin may import its siblings') and of the simulator and
+    image writers, so a changed twin generator is not served stale."""
     digest = hashlib.sha256()
     module_file = Path(inspect.getfile(cohort_cls))
-    files = sorted(module_file.parent.glob(f"{module_file.stem}*.py"))
+    files = sorted(module_file.parent.glob("*.py"))
+    files += sorted((Path(harmonia.__file__).parent / "io").glob("*.py"))
     files += sorted((Path(harmonia.__file__).parent / "synth").glob("*.py"))
     for path in files:
         digest.update(path.read_bytes())

@@ -8,20 +8,22 @@ import numpy as np
 from scipy import ndimage
 
 
-def to_grid(volume: np.ndarray, spacing: tuple[float, float], size: int, target: float, order: int) -> np.ndarray:
-    """Slices ``[Z, Y, X]`` resampled to ``target`` mm and centre-cropped/zero-padded to ``size`` x ``size``.
+def to_grid(
+    volume: np.ndarray, spacing: tuple[float, float], size: int, target: float, order: int, fill: float = 0.0
+) -> np.ndarray:
+    """Slices ``[Z, Y, X]`` resampled to ``target`` mm and centre-cropped/padded to ``size`` x ``size``.
 
     ``spacing`` is the in-plane pixel size (x, y) in mm. One affine map does both: output pixel
     ``o`` samples input position ``centre_in + (o - centre_out) * target / spacing``; ``order`` is 1
     for images, 0 (nearest) for labels. Images are smoothed before they are shrunk, so noise and
-    edges do not alias.
+    edges do not alias. Padding takes the value ``fill`` (e.g. -1000 HU, air, for CT).
     """
     step = np.array([1.0, target / spacing[1], target / spacing[0]])
     if order > 0 and (step > 1).any():
         volume = ndimage.gaussian_filter(volume, np.maximum(0.0, (step - 1) / 2))
     out_shape = (volume.shape[0], size, size)
     offset = (np.array(volume.shape) - 1) / 2 - step * (np.array(out_shape) - 1) / 2
-    return ndimage.affine_transform(volume, step, offset=offset, output_shape=out_shape, order=order, mode="constant")
+    return ndimage.affine_transform(volume, step, offset=offset, output_shape=out_shape, order=order, mode="constant", cval=fill)
 
 
 def crop_around(volume: np.ndarray, centre: Sequence[float], shape: Sequence[int], fill: float) -> np.ndarray:

@@ -73,7 +73,7 @@ def load_cohort(spec: CohortSpec, registry: Registry) -> CohortData:
     unknown = sorted(set(train_domains) - set(domains))
     if unknown:
         raise RecipeError(f"cohort.train_domains: {unknown} not among the cohort's domains {domains}")
-    items = cohort.load(list(index["patient"]))
+    items = cohort.load(list(dict.fromkeys(index["patient"])))
     return CohortData(cohort, source, index, items, domains)
 
 
@@ -105,10 +105,10 @@ def run_cell(cell: Cell, data: CohortData, splits: dict[str, Split], registry: R
     seed_everything(seed)
     task = data.cohort.task
     own = splits[cell.train_domain]
-    train = data.items.of_patients(own.train)
-    val = data.items.of_patients(own.val)
+    train = data.items.of_patients(own.train, cell.train_domain)
+    val = data.items.of_patients(own.val, cell.train_domain)
     others = [d for d in data.domains if d != cell.train_domain]
-    target_train = ImageSet.concat([data.items.of_patients(splits[d].train) for d in others]) if others else None
+    target_train = ImageSet.concat([data.items.of_patients(splits[d].train, d) for d in others]) if others else None
 
     mitigations: list[Mitigation] = [create(registry, "mitigation", s, task) for s in recipe.mitigations]
     rng = np.random.default_rng(seed)
@@ -132,7 +132,7 @@ def run_cell(cell: Cell, data: CohortData, splits: dict[str, Split], registry: R
         "train_domain": cell.train_domain,
     }
     for test_domain in data.domains:
-        test = data.items.of_patients(splits[test_domain].test)
+        test = data.items.of_patients(splits[test_domain].test, test_domain)
         predictions = trainer.predictions(test, needs_probabilities)
         for evaluator in evaluators:
             for metric in evaluator.evaluate(predictions):
@@ -212,6 +212,12 @@ def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, de
                 say(f"cohort {point.recipe.cohort.plugin}: SYNTHETIC twin data ({source.root})")
             else:
                 say(f"cohort {point.recipe.cohort.plugin}: real data from {source.root}")
+            excluded = cohorts[key].cohort.exclusion_counts()
+            if excluded:
+                counts = folder.read_manifest().get("excluded_patients", {})
+                folder.update_manifest(excluded_patients={**counts, point.recipe.cohort.plugin: excluded})
+                listed = ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))
+                say(f"cohort {point.recipe.cohort.plugin}: patients left out: {listed}")
             skipped = cohorts[key].cohort.unreadable
             if skipped:
                 folder.add_unreadable(point.recipe.cohort.plugin, skipped)

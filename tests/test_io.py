@@ -15,6 +15,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.io import (
     canonical_vendor,
+    read_header,
     find_series,
     read_image,
     read_rtstruct,
@@ -281,3 +282,13 @@ def test_decoders_for_the_transfer_syntaxes_tcia_cohorts_use_are_installed(synta
     from pydicom.pixels import get_decoder
 
     assert get_decoder(syntax).is_available, f"no decoder for {syntax.name}; the project's dependencies should bring one"
+
+
+def test_read_header_gives_mha_keys_without_patient_ones(tmp_path):
+    write_mha(tmp_path / "t2w.mha", phantom().astype(np.int16), SPACING, {"0008|0070": "Philips", "0010|0010": PLANTED[0]})
+    header = read_header(tmp_path / "t2w.mha")
+    assert header["0008|0070"] == "Philips"
+    assert not any(k.startswith("0010|") or PLANTED[0] in v for k, v in header.items())
+    (tmp_path / "bad.mha").write_text("NDims = banana\n")
+    with pytest.raises(UnreadableFile, match=r"bad\.mha: unreadable image header"):
+        read_header(tmp_path / "bad.mha")

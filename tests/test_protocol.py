@@ -150,3 +150,29 @@ def test_unreadable_files_stop_the_run_or_are_listed_pseudonymised(registry, toy
     assert run.manifest["unreadable_files"] == {"toy": 1}
     assert not any("A001" in p.read_text() for p in run.path.glob("*.*") if p.is_file() and p.suffix != ".png")
     assert len(run.results) == 8
+
+
+def test_a_paired_cohort_keeps_each_patient_on_one_side_and_each_cell_in_its_domains(registry, toy_recipe, tmp_path):
+    from harmonia.protocol import load_cohort, split_seed
+    from harmonia.recipe import load_recipe
+    from harmonia.splits import split_patients
+
+    toy_plugins.SpyMitigation.domains_seen.clear()
+    toy_plugins.SpyEvaluator.seen.clear()
+    toy_recipe["cohort"]["params"] = {"paired": True}
+    toy_recipe["mitigations"] = [{"plugin": "spy_mitigation"}]
+    toy_recipe["evaluate"] = ["spy_evaluator"]
+    toy_recipe["train"].update(seeds=1, epochs=1)
+    run = runner.run(toy_recipe, out=tmp_path / "run", registry=registry)
+
+    point = load_recipe(toy_recipe, registry=registry).points[0]
+    data = load_cohort(point.recipe.cohort, registry)
+    assert set(data.index.query("domain == 'A'").patient) == set(data.index.query("domain == 'B'").patient)
+    splits = split_patients(data.index, split_seed(point, 0), data.domains)
+    assert splits["A"] == splits["B"]
+    # train and validation items from the cell's own domain only, target images from the other one
+    assert toy_plugins.SpyMitigation.domains_seen == [({"A"}, {"B"}), ({"B"}, {"A"})]
+    # tested on the same held-out patients in both domains, and those were never trained or selected on
+    tested = [seen for seen in toy_plugins.SpyEvaluator.seen if seen == set(splits["A"].test)]
+    assert len(tested) == 4 and not set(splits["A"].test) & (set(splits["A"].train) | set(splits["A"].val))
+    assert len(run.results) == 4

@@ -28,7 +28,7 @@ def error_of(tmp_path, data, overrides=(), registry=None) -> str:
 def test_valid_recipe_fills_plugin_defaults(registry, toy_recipe, tmp_path):
     experiment = load_recipe(write(tmp_path, toy_recipe), registry=registry)
     [point] = experiment.points
-    assert point.recipe.cohort.params == {"domains": ["A", "B"], "on_unreadable": "stop"}
+    assert point.recipe.cohort.params == {"domains": ["A", "B"], "paired": False, "on_unreadable": "stop"}
     assert experiment.resolved["train"]["lr"] == 0.01
     assert experiment.resolved["cohort"]["synthetic"]["strength"] == 1.0
 

@@ -61,3 +61,26 @@ def test_missing_strata_are_allowed():
     split = split_patients(idx, 0, ["Philips"])["Philips"]
     assert (len(split.train), len(split.val), len(split.test)) == (8, 2, 2)
     assert np.all([p.startswith("P") for p in split.train])
+
+
+def paired_index(exams=12, domains=("FBP", "IR", "M80")):
+    """The same exams in every domain, as a paired-reconstruction cohort indexes them."""
+    return pd.DataFrame([{"patient": f"e{i}", "domain": d, "stratum": None} for d in domains for i in range(exams)])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_paired_patients_sit_on_the_same_side_in_every_domain(seed):
+    splits = split_patients(paired_index(), seed, ["FBP", "IR", "M80"])
+    assert splits["FBP"] == splits["IR"] == splits["M80"]
+    assert (len(splits["FBP"].train), len(splits["FBP"].val), len(splits["FBP"].test)) == (8, 2, 2)
+
+
+def test_paired_domains_missing_some_patients_keep_their_own_share():
+    idx = paired_index(exams=18)
+    idx = idx[~((idx.domain == "IR") & idx.patient.isin(["e0", "e1", "e2"]))]
+    splits = split_patients(idx, 0, ["FBP", "IR", "M80"])
+    for part in ("train", "val", "test"):
+        fbp, ir = set(getattr(splits["FBP"], part)), set(getattr(splits["IR"], part))
+        assert ir == fbp - {"e0", "e1", "e2"}
+    with pytest.raises(DataError, match="domain IR has 2 of the cohort's 18 patients"):
+        split_patients(idx[(idx.domain != "IR") | idx.patient.isin(["e3", "e4"])], 0, ["FBP", "IR", "M80"])

@@ -38,6 +38,7 @@ SIZE = 16
 
 class ToyCohortParams(CohortParams):
     domains: list[str] = Field(["A", "B"], description="domains to use")
+    paired: bool = Field(False, description="patient k of A and of B are one patient (a paired cohort)")
 
 
 class ToyCohort(Cohort):
@@ -51,7 +52,11 @@ class ToyCohort(Cohort):
 
     def _data(self) -> dict[str, np.ndarray]:
         with np.load(self.root / "toy.npz", allow_pickle=False) as f:
-            return dict(f)
+            data = dict(f)
+        if self.params.paired:  # "A007" and "B007" become patient "007", seen in both domains
+            for key in ("patients", "item_patients"):
+                data[key] = np.array([p[1:] for p in data[key]])
+        return data
 
     def domains(self) -> list[str]:
         return list(self.params.domains)
@@ -166,9 +171,11 @@ class SpyMitigation(Mitigation):
     uses_target_images = True
     target_patients: ClassVar[list[set[str]]] = []
     target_batches: ClassVar[list[int]] = []
+    domains_seen: ClassVar[list[tuple[set[str], set[str]]]] = []
 
     def adjust_training_set(self, train, target_train, rng):
         SpyMitigation.target_patients.append(set(target_train.patients))
+        SpyMitigation.domains_seen.append((set(train.domains), set(target_train.domains)))
         return train
 
     def extra_loss(self, step: TrainStep) -> torch.Tensor:

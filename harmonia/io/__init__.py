@@ -7,6 +7,7 @@ writers produce the formats scanners and planning systems export, for synthetic 
 from harmonia.errors import UnreadableFile
 from harmonia.io.dicom import SeriesInfo, find_series
 from harmonia.io.image import MedicalImage
+from harmonia.io.itk import read_header
 from harmonia.io.read import read_image
 from harmonia.io.rtstruct import read_rtstruct, rtstruct_roi_names
 from harmonia.io.seg import read_seg, seg_segment_labels
@@ -20,6 +21,7 @@ __all__ = [
     "WrittenSeries",
     "canonical_vendor",
     "find_series",
+    "read_header",
     "read_image",
     "read_rtstruct",
     "read_seg",

@@ -155,7 +155,7 @@ def find_series(folder: Path, on_unreadable: Callable[[UnreadableFile], None] | 
         try:
             dataset = read_dataset(path, header_only=True)
             if "SeriesInstanceUID" not in dataset:
-                raise UnreadableFile(path, "DICOM file without a SeriesInstanceUID")
+                raise UnreadableFile(path, "DICOM file without a SeriesInstanceUID (truncated header?)")
         except UnreadableFile as error:
             if on_unreadable is None:
                 raise

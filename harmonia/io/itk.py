@@ -25,6 +25,23 @@ def _reason(exc: RuntimeError, path: Path) -> str:
     return " ".join(message.replace(str(path), "<file>").split())[:300]
 
 
+def _metadata(image: sitk.Image | sitk.ImageFileReader) -> dict[str, str]:
+    """Header keys and values, less the patient module and ITK's bookkeeping."""
+    return {k: image.GetMetaData(k).strip() for k in image.GetMetaDataKeys() if not k.startswith(DROPPED_KEY_PREFIXES)}
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """The header keys of an MHA/MHD/NRRD file (e.g. ``0008|0070``, the manufacturer) without reading its pixels."""
+    path = Path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableFile(path, f"unreadable image header ({_reason(exc, path)})") from exc
+    return _metadata(reader)
+
+
 def read_itk(path: Path) -> MedicalImage:
     """One image file SimpleITK reads: ``(z, y, x)`` volumes with geometry, ``(y, x)`` planar images without."""
     path = Path(path)
@@ -36,7 +53,7 @@ def read_itk(path: Path) -> MedicalImage:
         if path.suffix.lower() not in PLANAR_SUFFIXES:
             raise UnreadableFile(path, f"{image.GetNumberOfComponentsPerPixel()} values per voxel; expected greyscale")
         image = _grey(image)
-    metadata = {k: image.GetMetaData(k).strip() for k in image.GetMetaDataKeys() if not k.startswith(DROPPED_KEY_PREFIXES)}
+    metadata = _metadata(image)
     array = sitk.GetArrayFromImage(image).astype(np.float32)
     spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
     planar = image.GetDimension() == 2 and path.suffix.lower() in PLANAR_SUFFIXES

@@ -23,11 +23,10 @@ from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from pydantic import Field, field_validator
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, CohortParams, ImageSet, Task, TwinSettings
+from harmonia.api import Cohort, CohortParams, ImageSet, ItemsBuilder, Task, TwinSettings, require_known
 from harmonia.errors import DataError, one_line
 from harmonia.geometry import to_grid
 from harmonia.io import canonical_vendor, read_image
@@ -325,24 +324,13 @@ class MnmsCohort(Cohort):
         return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
 
     def load(self, patients: Sequence[str]) -> ImageSet:
-        unknown = [p for p in patients if p not in self._records]
-        if unknown:
-            raise KeyError(f"patients not in this cohort's index: {unknown[:3]}")
-        images, labels, owners, domains = [], [], [], []
+        require_known(patients, self._records)
+        size = (self.params.image_size, self.params.image_size)
+        items = ItemsBuilder(size, target_shape=size)
         for patient in patients:
             record = self._records[patient]
-            x, y = self._slices(record)
-            images.append(x)
-            labels.append(y)
-            owners += [patient] * len(x)
-            domains += [record.domain] * len(x)
-        size = self.params.image_size
-        return ImageSet(
-            images=torch.from_numpy(np.concatenate(images or [np.zeros((0, size, size), np.float32)]))[:, None],
-            targets=torch.from_numpy(np.concatenate(labels or [np.zeros((0, size, size), np.int64)])),
-            patients=np.array(owners, dtype=object),
-            domains=np.array(domains, dtype=object),
-        )
+            items.add(*self._slices(record), patient, record.domain)
+        return items.image_set()
 
     def _slices(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
         """The items of one patient: ``[n, H, W]`` float32 images and int64 label maps, phases in order."""
