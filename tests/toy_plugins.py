@@ -142,6 +142,35 @@ class ToyNet(Model):
         return ModelOutput(self.head(features), features)
 
 
+class ToyClassifier(Model):
+    """One convolution, global average pooling and a linear head, 2-D or 3-D after the task; for tests."""
+
+    name = "toy_classifier"
+    tasks = ("classification",)
+
+    def __init__(self, params: Params, task: Task):
+        super().__init__(params, task)
+        conv, pool = (nn.Conv3d, nn.AdaptiveAvgPool3d) if task.spatial_dims == 3 else (nn.Conv2d, nn.AdaptiveAvgPool2d)
+        self.encoder = nn.Sequential(conv(task.in_channels, 4, 3, padding=1), nn.ReLU(), pool(1), nn.Flatten())
+        self.head = nn.Linear(4, task.num_classes)
+        self.feature_channels = 4
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
+        features = self.encoder(x)
+        return ModelOutput(self.head(features), features)
+
+
+class ItemAccuracy(Evaluator):
+    """Fraction of correctly classified items, for tests."""
+
+    name = "item_accuracy"
+    tasks = ("classification",)
+
+    def evaluate(self, predictions: Predictions) -> list[Metric]:
+        correct = (predictions.predicted == predictions.targets).float().mean().item()
+        return [Metric("accuracy", correct, len(predictions.targets))]
+
+
 class PixelAccuracy(Evaluator):
     """Fraction of correctly labelled pixels, for tests."""
 
@@ -204,12 +233,12 @@ def harmonia_cohorts():
 
 @hookimpl
 def harmonia_models():
-    return [ToyNet]
+    return [ToyNet, ToyClassifier]
 
 
 @hookimpl
 def harmonia_evaluators():
-    return [PixelAccuracy, SpyEvaluator]
+    return [PixelAccuracy, SpyEvaluator, ItemAccuracy]
 
 
 @hookimpl
