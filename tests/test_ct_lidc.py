@@ -81,7 +81,9 @@ def expected_labels(root: Path) -> dict[str, list[int]]:
 
 
 def test_twin_round_trip_gives_both_domains_and_the_readers_extreme_ratings(twin):
-    index, items = load_all(twin)
+    c = cohort(twin)
+    index, items = c.index(), c.load(list(c.index()["patient"]))
+    assert c.exclusion_counts() == {"no nodule rated 1 or 5": 1}
     assert list(index.columns) == ["patient", "domain", "stratum"]
     assert index["domain"].value_counts().to_dict() == {"GE": PATIENTS, "Other": PATIENTS}
     # the twin's extra patient has only a nodule rated 3: not indexed

@@ -131,6 +131,9 @@ def test_lesion_masks_parameter_adds_the_ai_annotated_case(twin):
     case = positive_case_without_human_mask(twin)
     patient = pseudonymize(case.split("_")[0], "mri_prostate")
     plain = cohort(twin)
+    plain.index()
+    assert plain.exclusion_counts() == {"case without a lesion mask in human_expert/resampled": 1}
+    assert pseudonymize(case, "mri_prostate") in plain.excluded
     both = cohort(twin, lesion_masks=["human_expert/resampled", "AI/Bosma22a"])
     assert len(both.load([patient])) == len(plain.load([patient])) + len(read(t2w_files(twin)[case]))
     assert both.load([patient]).targets.sum() > 0

@@ -282,6 +282,7 @@ class CtLidcCohort(Cohort):
                 self.unreadable_file(error, folder.name)
                 continue
             if not scans:
+                self.exclude(folder.name, "no nodule rated 1 or 5")
                 continue
             domains = {domain_of(scan.series) for scan in scans}
             if len(domains) > 1:

@@ -291,6 +291,7 @@ class MriBreastCohort(Cohort):
             if patient not in stages:
                 raise DataError(f"{folder}: patient has no row in {clinical_sheet}")
             if stages[patient] is None:
+                self.exclude(folder.name, "no T stage in the clinical sheet")
                 continue
             case = self._case(folder, stages[patient], tuple(tumour_boxes[patient]))
             if case is not None:
@@ -310,6 +311,7 @@ class MriBreastCohort(Cohort):
                 f"{pre.files[0]}: no Manufacturer (0008,0070) in the pre-contrast series; expected GE or Siemens"
             )
         if pre.vendor not in DOMAINS:
+            self.exclude(folder.name, f"vendor {pre.vendor} is neither GE nor Siemens")
             return None
         return Case(folder.name, pre.vendor, int(stage >= 3), tumour_boxes, pre)
 

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -141,11 +141,11 @@ def find_mask(labels: Path, case: str, sets: Sequence[str]) -> Path | None:
     return None
 
 
-def read_cases(root: Path, sets: Sequence[str]) -> list[Case]:
+def read_cases(root: Path, sets: Sequence[str], exclude: Callable[[str, str], None]) -> list[Case]:
     """Every case with a T2W image, a marksheet row and a lesion mask, in (patient, study) order.
 
-    Cases the marksheet lists without images are skipped (a partial download of the folds), as
-    are cases without a mask in ``sets`` (205 csPCa cases have no human delineation).
+    Cases the marksheet lists without images are skipped (a partial download of the folds); cases
+    without a mask in ``sets`` (205 csPCa cases have no human delineation) go to ``exclude``.
     """
     labels = labels_folder(root)
     if labels is None:
@@ -167,6 +167,8 @@ def read_cases(root: Path, sets: Sequence[str]) -> list[Case]:
         mask = find_mask(labels, f"{key[0]}_{key[1]}", sets)
         if mask is not None:
             cases.append(Case(key[0], key[1], outcome[key], images[key], mask))
+        else:
+            exclude(f"{key[0]}_{key[1]}", f"case without a lesion mask in {', '.join(sets)}")
     return cases
 
 
@@ -223,7 +225,7 @@ class MriProstateCohort(Cohort):
         them share (the first study's on a tie), so that no patient is in two domains.
         """
         by_patient: dict[str, list[tuple[Case, str]]] = {}
-        for case in read_cases(self.root, self.params.lesion_masks):
+        for case in read_cases(self.root, self.params.lesion_masks, self.exclude):
             try:
                 domain = domain_of(manufacturer_of(case.t2w))
             except UnreadableFile as error:
