@@ -10,7 +10,7 @@ quantity seed 001 reports as MRI -0.097 < X-ray -0.067 < CT -0.026.
 The probe and the AUC are defined here as measuring instruments only; they are not the
 study's models (MRNet2D, NoduleX, DenseNet-121).
 
-    python benchmarks/twin_shift.py [--patients 12] [--seeds 3] [--epochs 12] [--cohorts mri_breast ...]
+    python benchmarks/twin_shift.py [--patients 12] [--seeds 3] [--epochs 12] [--difficulty 0.5] [--strength 1] [--cohorts mri_breast ...]
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def measure(cohort: str, args: argparse.Namespace, registry: Registry, out: Path
         "cohort": {
             "plugin": cohort,
             "params": GEOMETRY.get(cohort, {}),
-            "synthetic": {"patients": args.patients, "seed": args.twin_seed},
+            "synthetic": {"patients": args.patients, "seed": args.twin_seed, "difficulty": args.difficulty,
+                          "strength": args.strength},
         },
         "model": {"plugin": "probe_cnn"},
         "train": {"epochs": args.epochs, "batch_size": 16, "lr": 1e-3, "seeds": args.seeds, "device": "cpu"},
@@ -123,6 +124,8 @@ def main() -> None:
     parser.add_argument("--cohorts", nargs="+", default=list(COHORTS))
     parser.add_argument("--patients", type=int, default=12, help="twin patients per vendor")
     parser.add_argument("--twin-seed", type=int, default=0)
+    parser.add_argument("--difficulty", type=float, default=0.5, help="twin task difficulty, 0 (easy) to 1 (hard)")
+    parser.add_argument("--strength", type=float, default=1.0, help="twin scanner-signature strength")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=12)
     args = parser.parse_args()
