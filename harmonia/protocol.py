@@ -74,6 +74,9 @@ def load_cohort(spec: CohortSpec, registry: Registry) -> CohortData:
     if unknown:
         raise RecipeError(f"cohort.train_domains: {unknown} not among the cohort's domains {domains}")
     items = cohort.load(list(dict.fromkeys(index["patient"])))
+    # a patient whose files turned out unreadable at load time (on_unreadable: skip) has no items; it leaves
+    # the index too, so that no split holds a patient without images
+    index = index[index["patient"].isin(set(items.patients))].reset_index(drop=True)
     return CohortData(cohort, source, index, items, domains)
 
 

@@ -143,11 +143,17 @@ def test_unreadable_files_stop_the_run_or_are_listed_pseudonymised(registry, toy
         runner.run(toy_recipe, out=tmp_path / "stopped", registry=registry)
 
     toy_recipe["cohort"]["params"] = {"on_unreadable": "skip"}
+    (root / "B002.unloadable").write_text("")
     run = runner.run(toy_recipe, out=tmp_path / "run", registry=registry)
     listed = pd.read_csv(run.path / "unreadable.csv")
-    assert listed[["cohort", "reason"]].values.tolist() == [["toy", "truncated file"]]
-    assert listed["patient"].item() == pseudonymize("A001", "toy") and listed["file"].item() == f"{listed['patient'].item()}.broken"
-    assert run.manifest["unreadable_files"] == {"toy": 1}
+    assert listed[["cohort", "reason"]].values.tolist() == [["toy", "truncated file"], ["toy", "corrupt pixel data"]]
+    assert listed["patient"][0] == pseudonymize("A001", "toy") and listed["file"][0] == f"{listed['patient'][0]}.broken"
+    assert run.manifest["unreadable_files"] == {"toy": 2}
+    from harmonia.protocol import load_cohort
+    from harmonia.recipe import load_recipe
+
+    data = load_cohort(load_recipe(toy_recipe, registry=registry).points[0].recipe.cohort, registry)
+    assert not {"A001", "B002"} & set(data.index["patient"]), "a patient without items stays out of every split"
     assert not any("A001" in p.read_text() for p in run.path.glob("*.*") if p.is_file() and p.suffix != ".png")
     assert len(run.results) == 8
 

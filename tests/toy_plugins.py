@@ -71,8 +71,12 @@ class ToyCohort(Cohort):
         return table[~table["patient"].isin(broken)].reset_index(drop=True)
 
     def load(self, patients: Sequence[str]) -> ImageSet:
+        """The items of ``patients``, less those with a ``<patient>.unloadable`` file (pixels unreadable)."""
         d = self._data()
-        keep = np.isin(d["item_patients"], np.asarray(patients))
+        unloadable = [path.stem for path in sorted(self.root.glob("*.unloadable")) if path.stem in patients]
+        for patient in unloadable:
+            self.unreadable_file(UnreadableFile(self.root / f"{patient}.unloadable", "corrupt pixel data"), patient)
+        keep = np.isin(d["item_patients"], np.setdiff1d(np.asarray(patients), unloadable))
         return ImageSet(
             torch.from_numpy(d["images"][keep]),
             torch.from_numpy(d["masks"][keep]).long(),

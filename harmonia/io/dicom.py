@@ -46,7 +46,7 @@ def read_dataset(path: Path, header_only: bool = False) -> Dataset:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError:
         if path.stat().st_size < 132:
-            raise UnreadableFile(path, f"only {path.stat().st_size} bytes: not DICOM, or truncated before its header")
+            raise UnreadableFile(path, f"only {path.stat().st_size} bytes: not DICOM, or truncated before its header") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnreadableFile(path, f"corrupt or truncated DICOM ({one_line(exc)})") from exc
     # files written without the 128-byte preamble (older exports) are still DICOM when they parse as such
