@@ -10,14 +10,15 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from cohort_checks import index_and_items, private_copy
+from harmonia_plugins.cohorts.ct_hnscc import HnsccCohort
+from harmonia_plugins.cohorts.ct_hnscc_twin import SCANNERS, Identity, write_patient
 from pydantic import ValidationError
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.io import read_image, read_rtstruct, rtstruct_roi_names
 from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.ct_hnscc import HnsccCohort
-from harmonia_plugins.cohorts.ct_hnscc_twin import SCANNERS, Identity, write_patient
 
 PATIENTS = 3
 SMALL = {"image_size": 48, "spacing_mm": 4.0}
@@ -41,7 +42,7 @@ def loaded(twin):
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "hnscc"))
+    return private_copy(twin, tmp_path, "hnscc")
 
 
 def cohort(root: Path, **params) -> HnsccCohort:
@@ -50,8 +51,7 @@ def cohort(root: Path, **params) -> HnsccCohort:
 
 def load_all(root: Path, **params):
     c = cohort(root, **params)
-    index = c.index()
-    return c, index, c.load(list(index["patient"]))
+    return (c, *index_and_items(c))
 
 
 def headers(root: Path, modality: str) -> dict[Path, pydicom.Dataset]:

@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
 from harmonia_plugins.cohorts.ct_kidney import KidneyCohort
 from harmonia_plugins.cohorts.ct_kidney_twin import (
     TUMOUR_RADIUS_MM,
@@ -51,7 +52,7 @@ def loaded(twins):
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "kits"))
+    return private_copy(twin, tmp_path, "kits")
 
 
 def cohort(root: Path, **params) -> KidneyCohort:
@@ -59,9 +60,7 @@ def cohort(root: Path, **params) -> KidneyCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def patients(root: Path) -> list[Path]:
@@ -323,12 +322,7 @@ def no_patients(root: Path) -> str:
     "damage", [drop_seg, seg_of_another_series, seg_of_another_size, truncate, drop_vendor]
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 def test_check_root_says_what_is_missing_and_how_to_get_it(copy, tmp_path):

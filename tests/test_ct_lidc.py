@@ -11,6 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
 from harmonia_plugins.cohorts.ct_lidc import CtLidcCohort
 from scipy import ndimage
 
@@ -31,7 +32,7 @@ def twin(tmp_path_factory) -> Path:
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "ct_lidc"))
+    return private_copy(twin, tmp_path, "ct_lidc")
 
 
 def cohort(root: Path, **params) -> CtLidcCohort:
@@ -39,9 +40,7 @@ def cohort(root: Path, **params) -> CtLidcCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def patient_folders(root: Path) -> dict[str, Path]:
@@ -204,12 +203,7 @@ def outline_off_the_scan(root: Path) -> str:
     "damage", [vendor_tag_absent, truncated_dicom, malformed_xml, rating_not_a_number, outline_off_the_scan]
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 def test_unreadable_files_are_skipped_and_recorded_when_asked(copy, twin):

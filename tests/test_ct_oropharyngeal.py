@@ -11,13 +11,25 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from cohort_checks import index_and_items, private_copy
+from harmonia_plugins.cohorts.ct_oropharyngeal import (
+    PRIMARY_GTV,
+    OropharyngealCohort,
+    cube_around,
+    hpv_label,
+)
+from test_ct_hnscc import (
+    break_frame_of_reference,
+    cut_ct_below_contours,
+    drop_vendor_tag,
+    rewrite,
+    truncate_ct_slice,
+)
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.io import MedicalImage, read_image, read_rtstruct
 from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.ct_oropharyngeal import PRIMARY_GTV, OropharyngealCohort, cube_around, hpv_label
-from test_ct_hnscc import break_frame_of_reference, cut_ct_below_contours, drop_vendor_tag, rewrite, truncate_ct_slice
 
 PATIENTS = 3
 SHEET = "OPC-Radiomics-Clinical-Data.xlsx"
@@ -37,8 +49,7 @@ def cohort(root: Path, **params) -> OropharyngealCohort:
 
 def load_all(root: Path, **params):
     c = cohort(root, **params)
-    index = c.index()
-    return c, index, c.load(list(index["patient"]))
+    return (c, *index_and_items(c))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +63,7 @@ def loaded(twin):
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "opc"))
+    return private_copy(twin, tmp_path, "opc")
 
 
 def sheet(root: Path) -> pd.DataFrame:

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
 from harmonia_plugins.cohorts.ct_recon import RECONS, ReconCohort, canonical_recon
 from harmonia_plugins.cohorts.ct_recon_twin import hu_values, signature
 from pydantic import ValidationError
@@ -42,7 +43,7 @@ def loaded(twin):
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "recon"))
+    return private_copy(twin, tmp_path, "recon")
 
 
 def cohort(root: Path, **params) -> ReconCohort:
@@ -50,9 +51,7 @@ def cohort(root: Path, **params) -> ReconCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def exams(root: Path) -> list[Path]:
@@ -320,12 +319,7 @@ def doubled_recon(root: Path) -> str:
     ],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 def test_unreadable_files_are_skipped_and_recorded_when_asked(copy, loaded):

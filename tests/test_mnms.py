@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -11,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
+from harmonia_plugins.cohorts.mnms import INFO_CSV, MnmsCohort, mnms_vendor
 from pydantic import ValidationError
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.mnms import INFO_CSV, MnmsCohort, mnms_vendor
 
 VENDORS = ["Siemens", "Philips", "GE", "Canon"]
 PATIENTS = 2
@@ -43,7 +43,7 @@ def twin(twins) -> Path:
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "mnms"))
+    return private_copy(twin, tmp_path, "mnms")
 
 
 def cohort(root: Path, **params) -> MnmsCohort:
@@ -51,9 +51,7 @@ def cohort(root: Path, **params) -> MnmsCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def sheet(root: Path) -> pd.DataFrame:
@@ -293,12 +291,7 @@ def image_missing(root: Path) -> str:
     ],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 def test_check_root_says_what_is_missing_and_how_to_get_it(copy, tmp_path):

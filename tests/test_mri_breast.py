@@ -10,6 +10,7 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
 from harmonia_plugins.cohorts.mri_breast import MriBreastCohort
 from harmonia_plugins.cohorts.mri_breast_twin import draw_breasts
 
@@ -34,7 +35,7 @@ def twin(tmp_path_factory) -> Path:
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "mri_breast"))
+    return private_copy(twin, tmp_path, "mri_breast")
 
 
 def cohort(root: Path, **params) -> MriBreastCohort:
@@ -42,9 +43,7 @@ def cohort(root: Path, **params) -> MriBreastCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def clinical(root: Path) -> pd.DataFrame:
@@ -258,12 +257,7 @@ def no_pre_contrast_series(root: Path) -> str:
     ],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 def test_unreadable_files_are_skipped_and_recorded_when_asked(copy):

@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
+from harmonia_plugins.cohorts.mri_prostate import MriProstateCohort
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.mri_prostate import MriProstateCohort
 
 PATIENTS = 3
 SMALL = {"image_size": 48, "spacing_mm": 3.0}
@@ -49,7 +50,7 @@ def twin(twins) -> Path:
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "picai"))
+    return private_copy(twin, tmp_path, "picai")
 
 
 def cohort(root: Path, **params) -> MriProstateCohort:
@@ -57,9 +58,7 @@ def cohort(root: Path, **params) -> MriProstateCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def marksheet(root: Path) -> pd.DataFrame:
@@ -294,12 +293,7 @@ def duplicate_image_folds(root: Path) -> str:
      truncate_t2w, shrink_mask, duplicate_image_folds],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_culprit(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 @pytest.mark.parametrize("damage, reason", [(truncate_t2w, "truncated"), (vendor_key_absent, "0008|0070")])

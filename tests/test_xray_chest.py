@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,13 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
+from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
+from harmonia_plugins.cohorts.xray_chest import XrayChestCohort
 from pydantic import ValidationError
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.xray_chest import XrayChestCohort
 
 PATIENTS = 6
 SHEET = "master_spreadsheet_update.csv"
@@ -43,7 +43,7 @@ def twin(twins) -> Path:
 @pytest.fixture
 def copy(twin, tmp_path) -> Path:
     """A private copy of the twin that a test may damage."""
-    return Path(shutil.copytree(twin, tmp_path / "brax"))
+    return private_copy(twin, tmp_path, "brax")
 
 
 def cohort(root: Path, **params) -> XrayChestCohort:
@@ -51,9 +51,7 @@ def cohort(root: Path, **params) -> XrayChestCohort:
 
 
 def load_all(root: Path, **params):
-    c = cohort(root, **params)
-    index = c.index()
-    return index, c.load(list(index["patient"]))
+    return index_and_items(cohort(root, **params))
 
 
 def sheet(root: Path, name: str = SHEET) -> pd.DataFrame:
@@ -291,12 +289,7 @@ def remove_png(root: Path) -> str:
      drop_both_paths, bad_label, truncate_png, remove_png],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_culprit(copy, damage):
-    culprit = damage(copy)
-    with pytest.raises(DataError) as caught:
-        load_all(copy)
-    message = str(caught.value)
-    assert culprit in message
-    assert "\n" not in message
+    assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 
 
 def test_truncated_dicom_is_a_data_error_naming_the_file(copy):
