@@ -287,8 +287,15 @@ def test_decoders_for_the_transfer_syntaxes_tcia_cohorts_use_are_installed(synta
 def test_read_header_gives_mha_keys_without_patient_ones(tmp_path):
     write_mha(tmp_path / "t2w.mha", phantom().astype(np.int16), SPACING, {"0008|0070": "Philips", "0010|0010": PLANTED[0]})
     header = read_header(tmp_path / "t2w.mha")
-    assert header["0008|0070"] == "Philips"
+    assert header["0008|0070"] == "Philips" and header["0020|4000"].startswith("SYNTHETIC")
     assert not any(k.startswith("0010|") or PLANTED[0] in v for k, v in header.items())
     (tmp_path / "bad.mha").write_text("NDims = banana\n")
     with pytest.raises(UnreadableFile, match=r"bad\.mha: unreadable image header"):
         read_header(tmp_path / "bad.mha")
+
+
+def test_written_dicom_says_it_is_synthetic(tmp_path):
+    written = ct_series(tmp_path / "ct")
+    write_rtstruct(tmp_path / "rt.dcm", written, {"GTV": phantom() == 200}, *PLANTED)
+    for path in (*written.files, tmp_path / "rt.dcm"):
+        assert pydicom.dcmread(path, stop_before_pixels=True).ImageComments.startswith("SYNTHETIC")

@@ -29,6 +29,10 @@ RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 STUDY_COMPONENT_CLASS = "1.2.840.10008.3.1.2.3.1"
 CT_INTERCEPT = -1024.0
+#: every written file says what it is, whatever folder it is copied to
+SYNTHETIC_NOTE = "SYNTHETIC: written by harmonia for a synthetic twin; no patient was imaged"
+#: DICOM Image Comments (0020,4000) as an ITK header key, where MHA files carry the note
+IMAGE_COMMENTS_KEY = "0020|4000"
 IDENTITY_ORIENTATION = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
@@ -77,6 +81,7 @@ def _patient(dataset: Dataset, patient_name: str, patient_id: str, birth_date: s
     dataset.StudyID = "1"
     dataset.AccessionNumber = ""
     dataset.ReferringPhysicianName = ""
+    dataset.ImageComments = SYNTHETIC_NOTE
 
 
 def _stored(slice_values: np.ndarray, modality: str) -> tuple[np.ndarray, dict[str, object]]:
@@ -302,12 +307,13 @@ def _frame_groups(series: WrittenSeries, k: int, segment: int) -> Dataset:
 def write_mha(
     path: Path, array: np.ndarray, spacing: Sequence[float], metadata: Mapping[str, str], origin: Sequence[float] | None = None
 ) -> Path:
-    """Write a compressed MetaImage (``(z, y, x)`` or ``(y, x)``, spacing in mm per array axis) with header keys."""
+    """Write a compressed MetaImage (``(z, y, x)`` or ``(y, x)``, spacing in mm per array axis) with header keys
+    (and the synthetic note under ``0020|4000``)."""
     image = sitk.GetImageFromArray(np.asarray(array))
     image.SetSpacing([float(s) for s in reversed(spacing)])
     if origin is not None:
         image.SetOrigin([float(o) for o in origin])
-    for key, value in metadata.items():
+    for key, value in {IMAGE_COMMENTS_KEY: SYNTHETIC_NOTE, **metadata}.items():
         image.SetMetaData(key, str(value))
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(path), useCompression=True)
