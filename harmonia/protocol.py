@@ -206,25 +206,21 @@ def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, de
     def data_of(point: SweepPoint) -> CohortData:
         key = point.recipe.cohort.model_dump_json()
         if key not in cohorts:
-            cohorts[key] = load_cohort(point.recipe.cohort, registry)
-            source = cohorts[key].source
-            provenance = folder.read_manifest().get("data_provenance", {})
-            provenance[point.recipe.cohort.plugin] = source.provenance()
-            folder.update_manifest(data_provenance=provenance)
+            cohorts[key] = data = load_cohort(point.recipe.cohort, registry)
+            name, source = point.recipe.cohort.plugin, data.source
+            folder.record_per_cohort("data_provenance", name, source.provenance())
             if source.kind == "synthetic":
-                say(f"cohort {point.recipe.cohort.plugin}: SYNTHETIC twin data ({source.root})")
+                say(f"cohort {name}: SYNTHETIC twin data ({source.root})")
             else:
-                say(f"cohort {point.recipe.cohort.plugin}: real data from {source.root}")
-            excluded = cohorts[key].cohort.exclusion_counts()
+                say(f"cohort {name}: real data from {source.root}")
+            excluded = data.cohort.exclusion_counts()
             if excluded:
-                counts = folder.read_manifest().get("excluded_patients", {})
-                folder.update_manifest(excluded_patients={**counts, point.recipe.cohort.plugin: excluded})
+                folder.record_per_cohort("excluded_patients", name, excluded)
                 listed = ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))
-                say(f"cohort {point.recipe.cohort.plugin}: patients left out: {listed}")
-            skipped = cohorts[key].cohort.unreadable
-            if skipped:
-                folder.add_unreadable(point.recipe.cohort.plugin, skipped)
-                say(f"cohort {point.recipe.cohort.plugin}: {len(skipped)} unreadable file(s) skipped; see unreadable.csv")
+                say(f"cohort {name}: patients left out: {listed}")
+            if data.cohort.unreadable:
+                folder.add_unreadable(name, data.cohort.unreadable)
+                say(f"cohort {name}: {len(data.cohort.unreadable)} unreadable file(s) skipped; see unreadable.csv")
         return cohorts[key]
 
     def domains_of(point: SweepPoint) -> list[str]:

@@ -112,8 +112,12 @@ class RunFolder:
             old = old[old["cohort"] != cohort]
         frame = pd.concat([old, pd.DataFrame(rows, columns=["cohort", "patient", "file", "reason"])], ignore_index=True)
         atomic_write_text(self.unreadable_path, frame.to_csv(index=False))
-        counts = self.read_manifest().get("unreadable_files", {})
-        self.update_manifest(unreadable_files={**counts, cohort: len(rows)})
+        self.record_per_cohort("unreadable_files", cohort, len(rows))
+
+    def record_per_cohort(self, field: str, cohort: str, value: Any) -> None:
+        """Set ``manifest[field][cohort]``, keeping the other cohorts' entries."""
+        entries = self.read_manifest().get(field, {})
+        self.update_manifest(**{field: {**entries, cohort: value}})
 
     # -- results ----------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ def test_slices_are_ordered_by_position_not_file_name(tmp_path):
     image = read_image(tmp_path / "ct")
     np.testing.assert_array_equal(image.array, phantom())
     assert image.sop_instance_uids == written.sop_instance_uids
+    assert image.instance_numbers == tuple(range(1, 7))
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])

@@ -205,6 +205,16 @@ def _orientation(dataset: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray] 
     return row, column, np.cross(row, column)
 
 
+def _instance_number(dataset: Dataset) -> int | None:
+    value = dataset.get("InstanceNumber")
+    return int(value) if value not in (None, "") else None
+
+
+def _nominal_slice_spacing(dataset: Dataset) -> float:
+    """SpacingBetweenSlices, else SliceThickness, else 1 mm: the spacing a header states, not one measured."""
+    return float(dataset.get("SpacingBetweenSlices", 0) or dataset.get("SliceThickness", 0) or 1.0)
+
+
 def _pixel_spacing(dataset: Dataset) -> tuple[float, float]:
     """(between rows, between columns) in mm: PixelSpacing, else ImagerPixelSpacing (projection X-ray), else 1."""
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
@@ -223,7 +233,7 @@ def read_dicom_file(path: Path) -> MedicalImage:
     orientation = _orientation(dataset)
     origin = axes = None
     if values.ndim == 3:
-        dz = float(dataset.get("SpacingBetweenSlices", 0) or dataset.get("SliceThickness", 0) or 1.0)
+        dz = _nominal_slice_spacing(dataset)
         spacing: tuple[float, ...] = (dz, dr, dc)
     else:
         dz = float(dataset.get("SliceThickness", 0) or 1.0)
@@ -266,7 +276,7 @@ def read_dicom_series(files: Sequence[Path] | Iterable[Path]) -> MedicalImage:
     else:
         # no geometry: fall back on the instance numbers and the nominal slice thickness
         order = np.argsort([int(d.get("InstanceNumber", i) or i) for i, d in enumerate(datasets)], kind="stable")
-        dz = float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
+        dz = _nominal_slice_spacing(first)
         origin = axes = None
     return MedicalImage(
         array=np.stack([slices[i] for i in order]),
@@ -275,6 +285,7 @@ def read_dicom_series(files: Sequence[Path] | Iterable[Path]) -> MedicalImage:
         origin=origin,
         axes=axes,
         sop_instance_uids=tuple(str(datasets[i].get("SOPInstanceUID", "")) for i in order),
+        instance_numbers=tuple(_instance_number(datasets[i]) for i in order),
         **_scanner_facts(first),
     )
 
@@ -282,7 +293,7 @@ def read_dicom_series(files: Sequence[Path] | Iterable[Path]) -> MedicalImage:
 def _slice_step(heights: np.ndarray, folder: Path, first: Dataset) -> float:
     """The slice spacing from the sorted slice heights; DataError for duplicates or uneven gaps."""
     if len(heights) == 1:
-        return float(first.get("SpacingBetweenSlices", 0) or first.get("SliceThickness", 0) or 1.0)
+        return _nominal_slice_spacing(first)
     steps = np.diff(heights)
     step = float(np.median(steps))
     if step <= 1e-3:

@@ -29,6 +29,8 @@ class MedicalImage:
     manufacturer: str | None = None
     description: str = ""
     sop_instance_uids: tuple[str, ...] = ()
+    #: DICOM InstanceNumber of each slice (None where a file has none), for numbering schemes that count by it
+    instance_numbers: tuple[int | None, ...] = ()
     series_uid: str | None = None
     frame_of_reference_uid: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)

@@ -25,7 +25,6 @@ from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
-import pydicom
 from pydantic import Field, PositiveInt
 
 from harmonia import hookimpl
@@ -41,7 +40,7 @@ from harmonia.api import (
 )
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.geometry import crop_around
-from harmonia.io import SeriesInfo, find_series, read_image
+from harmonia.io import MedicalImage, SeriesInfo, find_series, read_image
 from harmonia.privacy import pseudonymize
 from harmonia_plugins.cohorts.mri_breast_twin import write_twin
 
@@ -237,15 +236,11 @@ def pre_contrast_series(series: list[SeriesInfo], params: MriBreastParams, folde
     )
 
 
-def instance_order(files: Sequence[Path]) -> list[str]:
-    """SOP instance UIDs of a series ordered by InstanceNumber (the box sheet's slice numbering)."""
-    headers = [
-        pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["InstanceNumber", "SOPInstanceUID"]) for f in files
-    ]
-    if any("InstanceNumber" not in h for h in headers):
-        raise DataError(f"{files[0].parent}: a slice has no InstanceNumber, so Start/End Slice cannot be located")
-    headers.sort(key=lambda h: int(h.InstanceNumber))
-    return [str(h.SOPInstanceUID) for h in headers]
+def instance_order(image: MedicalImage) -> list[int]:
+    """The volume's slice indices in InstanceNumber order (the box sheet's slice numbering)."""
+    if None in image.instance_numbers or len(image.instance_numbers) != len(image.array):
+        raise DataError(f"{image.path}: a slice has no InstanceNumber, so Start/End Slice cannot be located")
+    return [int(k) for k in np.argsort(image.instance_numbers, kind="stable")]
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,8 +330,7 @@ class MriBreastCohort(Cohort):
     def _rois(self, case: Case) -> list[np.ndarray]:
         """The ROI of each of the patient's boxes, centred on the box centre, in the series' native units."""
         image = read_image(list(case.series.files))
-        position = {uid: k for k, uid in enumerate(image.sop_instance_uids)}
-        slice_index = [position[uid] for uid in instance_order(case.series.files)]
+        slice_index = instance_order(image)
         base = self.params.box_base
         rois = []
         for box in case.boxes:
