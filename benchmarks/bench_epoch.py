@@ -15,7 +15,8 @@ import time
 
 import torch
 
-from harmonia.engine import Trainer, task_loss, zscore
+from harmonia.engine import Trainer, zscore
+from harmonia.losses import default_task_loss
 from harmonia.protocol import load_cohort
 from harmonia.recipe import CohortSpec, TrainSpec
 from harmonia.registry import default_registry
@@ -53,8 +54,9 @@ def main() -> None:
     vendor = data.domains[0]
     train = data.items.take(data.items.domains == vendor)
     task = data.cohort.task
-    settings = TrainSpec(epochs=1, batch_size=args.batch, lr=1e-4, selection="last", device=args.device,
-                         channels_last=channels_last)
+    settings = TrainSpec(
+        epochs=1, batch_size=args.batch, lr=1e-4, selection="last", device=args.device, channels_last=channels_last
+    )
 
     torch.manual_seed(0)
     model = UNet2D(UNet2D.Params(), task)
@@ -62,7 +64,7 @@ def main() -> None:
     model.to(device, memory_format=memory_format)
     trainer = Trainer(model, [], Dice(Dice.Params(), task), settings, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = task_loss(task)
+    loss_fn = default_task_loss(task)
 
     def run_minimal():
         minimal_epoch(model, train.images, train.targets, args.batch, optimizer, loss_fn, device, channels_last)
@@ -83,9 +85,11 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     steps = -(-len(train) // args.batch)
     h, m = statistics.median(times["harmonia"]), statistics.median(times["minimal"])
-    print(f"M&Ms twin ({data.source.kind}), {vendor}: {len(train)} slices {args.image_size}x{args.image_size}, "
-          f"batch {args.batch}, {steps} steps/epoch, device {device}, channels_last={channels_last}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"M&Ms twin ({data.source.kind}), {vendor}: {len(train)} slices {args.image_size}x{args.image_size}, "
+        f"batch {args.batch}, {steps} steps/epoch, device {device}, channels_last={channels_last}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"minimal loop : {m:.3f} s/epoch ({1000 * m / steps:.1f} ms/step)")
     print(f"harmonia     : {h:.3f} s/epoch ({1000 * h / steps:.1f} ms/step)")
     print(f"ratio harmonia/minimal: {h / m:.3f}")

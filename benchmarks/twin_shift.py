@@ -56,13 +56,21 @@ class ProbeCNN(Model):
 
     def __init__(self, params: ProbeParams, task: Task):
         super().__init__(params, task)
-        conv, norm, pool = (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d) if task.spatial_dims == 3 else (
-            nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)
+        conv, norm, pool = (
+            (nn.Conv3d, nn.BatchNorm3d, nn.AdaptiveAvgPool3d)
+            if task.spatial_dims == 3
+            else (nn.Conv2d, nn.BatchNorm2d, nn.AdaptiveAvgPool2d)
+        )
         w = params.width
         self.encoder = nn.Sequential(
-            conv(task.in_channels, w, 3, padding=1), norm(w), nn.ReLU(),
-            conv(w, 2 * w, 3, stride=2, padding=1), norm(2 * w), nn.ReLU(),
-            pool(1), nn.Flatten(),
+            conv(task.in_channels, w, 3, padding=1),
+            norm(w),
+            nn.ReLU(),
+            conv(w, 2 * w, 3, stride=2, padding=1),
+            norm(2 * w),
+            nn.ReLU(),
+            pool(1),
+            nn.Flatten(),
         )
         self.head = nn.Linear(2 * w, task.num_classes)
         self.feature_channels = 2 * w
@@ -106,15 +114,19 @@ def measure(cohort: str, args: argparse.Namespace, registry: Registry, out: Path
         "cohort": {
             "plugin": cohort,
             "params": GEOMETRY.get(cohort, {}),
-            "synthetic": {"patients": args.patients, "seed": args.twin_seed, "difficulty": args.difficulty,
-                          "strength": args.strength},
+            "synthetic": {
+                "patients": args.patients,
+                "seed": args.twin_seed,
+                "difficulty": args.difficulty,
+                "strength": args.strength,
+            },
         },
         "model": {"plugin": "probe_cnn"},
         "train": {"epochs": args.epochs, "batch_size": 16, "lr": 1e-3, "seeds": args.seeds, "device": "cpu"},
         "evaluate": ["probe_auc"],
     }
     started = time.perf_counter()
-    run = runner.run(recipe, out=out / cohort, registry=registry, progress=lambda _: None)
+    run = runner.run(recipe, out=out / cohort, registry=registry)
     summary = run.summary.assign(seconds=time.perf_counter() - started)
     return summary[["cohort", "modality", "train_domain", "same_mean", "other_mean", "delta", "n_seeds", "seconds"]]
 
@@ -138,8 +150,10 @@ def main() -> None:
     by_modality = table.groupby("modality")["delta"].agg(["mean", "count"]).rename(columns={"mean": "mean delta"})
     print()
     print(by_modality.to_markdown(floatfmt=".3f"))
-    print(f"\nsame-vendor AUC range {table['same_mean'].min():.3f}-{table['same_mean'].max():.3f}; "
-          f"np {np.__version__}, torch {torch.__version__}")
+    print(
+        f"\nsame-vendor AUC range {table['same_mean'].min():.3f}-{table['same_mean'].max():.3f}; "
+        f"np {np.__version__}, torch {torch.__version__}"
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,14 @@ Library use::
 
 from harmonia.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+try:  # the one version literal is pyproject.toml's; an installed distribution carries it
+    from importlib.metadata import PackageNotFoundError, version
 
-_API = {"run", "resume", "load_recipe", "list_plugins", "create_plugin", "Run"}
+    __version__ = version("harmonia")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+_API = {"run", "resume", "load_recipe", "list_plugins", "create_plugin", "load_model", "Run"}
 
 
 def __getattr__(name: str):

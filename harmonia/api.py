@@ -6,31 +6,109 @@ This module is the ground floor of harmonia: it imports nothing else from the pa
 
 from __future__ import annotations
 
+import collections.abc
 import re
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, Mapping, Sequence
+from types import UnionType
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 from torch import nn
 
 from harmonia.errors import UnreadableFile
 from harmonia.privacy import pseudonymize
 
+T = TypeVar("T")
 TaskKind = Literal["segmentation", "classification"]
 PluginKind = Literal["cohort", "model", "mitigation", "evaluator"]
 PLUGIN_KINDS: tuple[PluginKind, ...] = ("cohort", "model", "mitigation", "evaluator")
 
 
-class Params(BaseModel):
-    """Base for a plugin's parameter model: unknown keys are errors, values are validated on assignment."""
+class StrictModel(BaseModel):
+    """Base of every settings model a recipe fills: unknown keys, non-finite floats (``.inf``,
+    ``.nan``) and booleans passed as numbers (or numbers as booleans) are errors, in every subclass."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_number_mixup(cls, value: Any, info: ValidationInfo) -> Any:
+        problem = _bool_number_mixup(cls.model_fields[info.field_name].annotation, value)
+        if problem:
+            raise PydanticCustomError("bool_number_mixup", problem)
+        return value
+
+
+def _bool_number_mixup(annotation: Any, value: Any) -> str | None:
+    """Why ``value`` (or an item in it) is a boolean where ``annotation`` wants a number, or the
+    reverse; None when it is not. Pydantic's lax mode would silently read ``true`` as 1."""
+    members = _union_members(annotation)
+    if Any in members:
+        return None
+    wants_number = int in members or float in members
+    if isinstance(value, bool):
+        return "Input should be a number, not true/false" if wants_number and bool not in members else None
+    if isinstance(value, (int, float)):
+        return "Input should be true or false, not a number" if bool in members and not wants_number else None
+    containers = [m for m in members if _holds(m, value)]
+    problems = [_item_mixup(c, value) for c in containers]
+    return problems[0] if problems and all(problems) else None
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    """The alternatives of a (possibly Optional or Annotated) type: ``int | None`` -> [int, NoneType]."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _union_members(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [member for arg in get_args(annotation) for member in _union_members(arg)]
+    return [annotation]
+
+
+def _holds(container: Any, value: Any) -> bool:
+    """Whether ``container`` is a parametrised container type (``list[int]``, ``dict[str, float]``) for ``value``."""
+    origin = get_origin(container)
+    if not get_args(container):
+        return False
+    if isinstance(value, dict):
+        return origin in (dict, collections.abc.Mapping)
+    return isinstance(value, (list, tuple)) and origin in (list, tuple, set, frozenset, collections.abc.Sequence)
+
+
+def _item_mixup(container: Any, value: list | tuple | dict) -> str | None:
+    """The first boolean/number mix-up among the items (or mapping values) of ``value``."""
+    args = get_args(container)
+    if isinstance(value, dict):
+        pairs = ((args[1], item) for item in value.values())
+    elif get_origin(container) is tuple and args[-1] is not Ellipsis:
+        pairs = zip(args, value)
+    else:
+        pairs = ((args[0], item) for item in value)
+    return next((problem for item, v in pairs if (problem := _bool_number_mixup(item, v))), None)
+
+
+class Params(StrictModel):
+    """Base for a plugin's parameter model: strict (see :class:`StrictModel`), validated on assignment."""
+
+    model_config = ConfigDict(validate_assignment=True)
 
 
 def _compiles(value: str) -> str:
@@ -149,7 +227,9 @@ class ItemsBuilder:
         self.patients: list[str] = []
         self.domains: list[str] = []
 
-    def add(self, images: np.ndarray | Sequence[np.ndarray], targets: Sequence | np.ndarray, patient: str, domain: str) -> None:
+    def add(
+        self, images: np.ndarray | Sequence[np.ndarray], targets: Sequence | np.ndarray, patient: str, domain: str
+    ) -> None:
         """Add one patient's ``n`` images (``[n, *item_shape]``) of ``domain`` and their ``n`` targets."""
         images = np.asarray(images, dtype=np.float32).reshape(-1, *self.item_shape)
         targets = np.asarray(targets, dtype=np.int64).reshape(-1, *self.target_shape)
@@ -179,10 +259,8 @@ def require_known(patients: Sequence[str], known: Mapping[str, object]) -> None:
         raise KeyError(f"patients not in this cohort's index: {unknown[:3]}")
 
 
-class TwinSettings(BaseModel):
+class TwinSettings(StrictModel):
     """How large and how hard a cohort's synthetic twin is; part of the recipe's ``cohort.synthetic``."""
-
-    model_config = ConfigDict(extra="forbid")
 
     patients: int = Field(12, ge=2, description="patients per scanner domain")
     seed: int = Field(0, ge=0, description="seed of the phantoms and the scanner signatures")
@@ -207,11 +285,30 @@ class CohortParams(Params):
 
 @dataclass(frozen=True)
 class UnreadableRecord:
-    """A file a cohort skipped: the patient's pseudonym, the file with that patient's ID masked, and why."""
+    """A file a cohort skipped: the patient's pseudonym, a reference to the file that names no part of it, and why."""
 
     patient: str
     file: str
     reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatientRecord:
+    """One readable unit of a patient (a case, a study, an image) in one scanner domain, as a loader finds it.
+
+    ``raw_id`` is the dataset's own patient identifier: :class:`Cohort` turns it into the pseudonym,
+    and it never leaves the cohort. A patient may have several records (several images, or one per
+    domain where the domains share patients); the first record of a patient in a domain gives its
+    ``stratum``. A cohort subclasses this with what it needs to read the record (paths, series).
+    """
+
+    raw_id: str
+    domain: str
+    stratum: str | None = None
+
+
+#: one record's items: float images ``[n, *item_shape]`` in native units and int targets ``[n, *target_shape]``
+Items = tuple[np.ndarray, np.ndarray]
 
 
 class Cohort(Plugin, ABC):
@@ -220,12 +317,18 @@ class Cohort(Plugin, ABC):
     A cohort is constructed on a data folder that is either the real dataset as distributed or
     its synthetic twin written by :meth:`write_twin` in the same layout; the loader does not know
     which. Patient identifiers leave the cohort only as pseudonyms.
+
+    The class is a template: a cohort lists its :meth:`records` and reads one record's items
+    (:meth:`read_items`); the base class pseudonymises, indexes, loads, applies ``on_unreadable``
+    and assembles the :class:`ImageSet`. A cohort that needs full control overrides
+    :meth:`index` and :meth:`load` instead.
     """
 
     kind: ClassVar[PluginKind] = "cohort"
     modality: ClassVar[str]
     #: one line on how to obtain the real dataset, shown when it is configured but missing
     obtain: ClassVar[str] = ""
+    Params: ClassVar[type[Params]] = CohortParams
 
     def __init__(self, params: Params, root: Path):
         self.params = params
@@ -235,44 +338,33 @@ class Cohort(Plugin, ABC):
         #: patients left out for a reason that is no fault of the copy (no contours, no label): pseudonym -> reason
         self.excluded: dict[str, str] = {}
 
-    def exclude(self, patient: str, reason: str) -> None:
-        """Leave out the patient with raw identifier ``patient``, recording why under its pseudonym."""
-        self.excluded[pseudonymize(patient, self.name)] = reason
-
-    def exclusion_counts(self) -> dict[str, int]:
-        """How many patients were left out, per reason (what a run's manifest records)."""
-        return dict(Counter(self.excluded.values()))
-
-    def unreadable_file(self, error: UnreadableFile, patient: str) -> None:
-        """Stop on ``error`` (``on_unreadable: stop``), or record it and return so the caller skips the file.
-
-        ``patient`` is the raw identifier the file belongs to; it is replaced by its pseudonym in
-        the recorded file name, and never stored itself.
-        """
-        if getattr(self.params, "on_unreadable", "stop") == "stop":
-            raise error
-        pseudonym = pseudonymize(patient, self.name)
-        try:
-            file = str(Path(error.path).relative_to(self.root))
-        except ValueError:
-            file = Path(error.path).name
-        self.unreadable.append(UnreadableRecord(pseudonym, file.replace(str(patient), pseudonym), error.reason))
-
     #: the prediction task; a class attribute where fixed (recipes are then checked against it
     #: before anything runs), or a property where it depends on the parameters
     task: Task
+
+    # -- what a cohort supplies ------------------------------------------------------------------
 
     @abstractmethod
     def domains(self) -> list[str]:
         """The scanner domains in the order the study uses them (e.g. ``["Siemens", "Philips"]``)."""
 
-    @abstractmethod
-    def index(self) -> pd.DataFrame:
-        """One row per patient: ``patient`` (pseudonym), ``domain``, ``stratum`` (label to stratify on, or None)."""
+    def records(self) -> Iterable[PatientRecord]:
+        """Every usable record, in study order (called once); patients left out go through :meth:`exclude`."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither records() nor index() and load()")
 
-    @abstractmethod
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        """The items of ``patients``, in native units, all the same shape."""
+    def read_items(self, record: PatientRecord) -> Items:
+        """The items of one record; raises :class:`~harmonia.errors.UnreadableFile` for a file it cannot read."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither read_items() nor load()")
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        """The spatial shape of every item (no channel axis)."""
+        raise NotImplementedError(f"{type(self).__name__} does not give its item_shape")
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of one target: the item's (a label map) for segmentation, a class index for classification."""
+        return self.item_shape if self.task.kind == "segmentation" else ()
 
     @classmethod
     @abstractmethod
@@ -284,10 +376,92 @@ class Cohort(Plugin, ABC):
     def write_twin(cls, out: Path, settings: TwinSettings) -> None:
         """Write the synthetic twin into ``out`` in the real dataset's on-disk layout."""
 
+    # -- what the template does with it ----------------------------------------------------------
+
+    @cached_property
+    def _records(self) -> dict[str, list[PatientRecord]]:
+        """Pseudonym -> the patient's records, in the order :meth:`records` gave them."""
+        by_patient: dict[str, list[PatientRecord]] = {}
+        for record in self.records():
+            by_patient.setdefault(pseudonymize(record.raw_id, self.name), []).append(record)
+        return by_patient
+
+    def index(self) -> pd.DataFrame:
+        """One row per patient and domain: ``patient`` (pseudonym), ``domain``, ``stratum`` (a label to stratify
+        on, or None)."""
+        rows: dict[tuple[str, str], dict[str, str | None]] = {}
+        for pseudonym, records in self._records.items():
+            for record in records:
+                row = {"patient": pseudonym, "domain": record.domain, "stratum": record.stratum}
+                rows.setdefault((pseudonym, record.domain), row)
+        return pd.DataFrame(list(rows.values()), columns=["patient", "domain", "stratum"])
+
+    def load(self, patients: Sequence[str]) -> ImageSet:
+        """The items of ``patients`` (pseudonyms of :meth:`index`) in every domain they have, in native units.
+
+        A record with an unreadable file stops the load (``on_unreadable: stop``) or gives no items
+        and is listed in :attr:`unreadable` (``skip``).
+        """
+        require_known(patients, self._records)
+        items = ItemsBuilder(self.item_shape, self.target_shape)
+        for pseudonym in dict.fromkeys(patients):
+            for record in self._records[pseudonym]:
+                try:
+                    images, targets = self.read_items(record)
+                except UnreadableFile as error:
+                    self.unreadable_file(error, record.raw_id)
+                    continue
+                items.add(images, targets, pseudonym, record.domain)
+        return items.image_set()
+
+    def exclude(self, patient: str, reason: str) -> None:
+        """Leave out the patient with raw identifier ``patient``, recording why under its pseudonym."""
+        self.excluded[pseudonymize(patient, self.name)] = reason
+
+    def exclusion_counts(self) -> dict[str, int]:
+        """How many patients were left out, per reason (what a run's manifest records)."""
+        return dict(Counter(self.excluded.values()))
+
+    def unreadable_file(self, error: UnreadableFile, patient: str) -> None:
+        """Stop on ``error`` (``on_unreadable: stop``), or record it once and return so the caller skips the file.
+
+        ``patient`` is the raw identifier the file belongs to. The record holds its pseudonym and
+        :meth:`file_reference` of the file, never the file's path or name, which may name the patient.
+        """
+        if getattr(self.params, "on_unreadable", "stop") == "stop":
+            raise error
+        pseudonym = pseudonymize(patient, self.name)
+        # a reader's own message (nibabel's, say) may quote the file; the record keeps neither it nor the patient
+        reason = error.reason.replace(error.path, "<file>").replace(Path(error.path).name, "<file>")
+        reason = reason.replace(str(patient), pseudonym)
+        record = UnreadableRecord(pseudonym, self.file_reference(error.path, pseudonym), reason)
+        if record not in self.unreadable:
+            self.unreadable.append(record)
+
+    def skip_unreadable(self, patient: str, read: Callable[[], T]) -> T | None:
+        """What ``read()`` returns, or None once the :class:`UnreadableFile` it raised is recorded (``skip``);
+        for files a cohort reads while listing its records (a header's vendor, a reader's XML)."""
+        try:
+            return read()
+        except UnreadableFile as error:
+            self.unreadable_file(error, patient)
+            return None
+
+    def file_reference(self, path: Path | str, pseudonym: str) -> str:
+        """``<pseudonym>/file-<12 hex>``: a stable, salted name of the file ``path`` that holds no part of the path."""
+        path = Path(path)
+        relative = path.relative_to(self.root) if path.is_relative_to(self.root) else path
+        return f"{pseudonym}/file-{pseudonymize(relative.as_posix(), f'{self.name}/file')[1:13]}"
+
 
 # --------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------
+
+
+#: a training loss: ``loss(logits, targets)`` -> a scalar tensor, with ``logits`` ``[N, classes, ...]`` and
+#: ``targets`` int64 class indices ``[N, ...]`` (label maps for segmentation); usually an ``nn.Module``
+TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -314,6 +488,15 @@ class Model(Plugin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def task_loss(self) -> TaskLoss:
+        """The loss this model trains with: the task kind's default (:func:`harmonia.losses.default_task_loss`).
+
+        Override to train with another one; a mitigation may still replace it (:meth:`Mitigation.task_loss`).
+        """
+        from harmonia.losses import default_task_loss  # on use: MONAI is slow to import and plugins import this module
+
+        return default_task_loss(self.task)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,17 +528,20 @@ class TrainStep:
 class Mitigation(Plugin):
     """A method against scanner shift, acting at any of the stages below; each is optional.
 
-    Stages, in the order the protocol calls them for one (seed, training domain) cell:
+    Stages, in the order the protocol calls them for one (seed, training domain) cell
+    (:class:`harmonia.stages.MitigationStack` is the one place that calls them):
 
     1. :meth:`adjust_training_set` - change the training split (target mixing);
-    2. :meth:`fit` - learn something before training (a standardizer);
-    3. :meth:`transform_images` - change every image the model sees: the training set once after
+    2. :meth:`task_loss` - replace the model's training loss (asked once, before any training work);
+    3. :meth:`fit` - learn something before training (a standardizer);
+    4. :meth:`transform_images` - change every image the model sees: the training set once after
        ``fit``, and validation and test images before prediction;
-    4. :meth:`build` - make trainable modules trained alongside the model (DANN's classifier);
-    5. :meth:`augment_batch` - change each training batch, in ``batch_space`` units;
-    6. :meth:`extra_loss` - add a term to the training loss at each step.
+    5. :meth:`build` - make trainable modules trained alongside the model (DANN's classifier);
+    6. :meth:`augment_batch` - change each training batch, in ``batch_space`` units;
+    7. :meth:`extra_loss` - add a term to the training loss at each step.
 
-    Target-domain data reaches a mitigation only from the other domains' train splits.
+    Within a stage, mitigations act in the recipe's order. Target-domain data reaches a
+    mitigation only from the other domains' train splits.
     A fresh instance is made for every cell, so state never leaks between cells.
     """
 
@@ -369,10 +555,15 @@ class Mitigation(Plugin):
         self.params = params
         self.task = task
 
-    def adjust_training_set(
-        self, train: ImageSet, target_train: ImageSet | None, rng: np.random.Generator
-    ) -> ImageSet:
+    def adjust_training_set(self, train: ImageSet, target_train: ImageSet | None, rng: np.random.Generator) -> ImageSet:
         return train
+
+    def task_loss(self, default: TaskLoss) -> TaskLoss | None:
+        """A loss to train with instead of ``default`` (the model's), or None to keep it.
+
+        At most one mitigation of a cell may replace the loss; two are a configuration error.
+        """
+        return None
 
     def fit(self, train: ImageSet, target_train: ImageSet | None, device: torch.device) -> None:
         return None
@@ -383,9 +574,7 @@ class Mitigation(Plugin):
     def build(self, model: Model) -> nn.Module | None:
         return None
 
-    def augment_batch(
-        self, images: torch.Tensor, targets: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def augment_batch(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one training batch; randomness from torch's global RNG, which the engine seeds per cell."""
         return images, targets
 
@@ -400,6 +589,7 @@ class Mitigation(Plugin):
 
 STAGES = (
     "adjust_training_set",
+    "task_loss",
     "fit",
     "transform_images",
     "build",

@@ -7,11 +7,13 @@ traceback), 1 internal error, 130 interrupted (finished cells are kept; ``run --
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import logging
 import sys
 import traceback
 from pathlib import Path
 
-from harmonia.errors import InputError
+from harmonia.errors import CellFailed, InputError, RunInterrupted
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -29,15 +31,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a recipe's cross-scanner experiment")
     run.add_argument("recipe", nargs="?", help="recipe YAML file")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                     help="override a recipe field (repeatable), e.g. --set train.epochs=5")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a recipe field (repeatable), e.g. --set train.epochs=5",
+    )
     run.add_argument("--out", help="run folder (default runs/<recipe name>/<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="finish the missing cells of an interrupted run")
-    run.add_argument("--quiet", action="store_true", help="print only the final table")
+    loudness = run.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", action="store_true", help="print only errors and the final table")
+    loudness.add_argument("--verbose", action="store_true", help="also print a line per training epoch")
+    run.add_argument("--debug", action="store_true", help="print the traceback when a cell fails")
 
-    listing = sub.add_parser("list", help="list installed plugins")
+    listing = sub.add_parser("list", help="list installed plugins, and those that failed to load with the reason")
+    listing.add_argument("pattern", nargs="?", default="*", help="only names that match this glob, e.g. 'ct_*'")
     listing.add_argument("--kind", choices=["cohort", "model", "mitigation", "evaluator"])
-    listing.add_argument("--verbose", action="store_true", help="also show every parameter with its default")
+    listing.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show every parameter: type, default, bounds or choices, description",
+    )
 
     validate = sub.add_parser("validate", help="validate a recipe without running it")
     validate.add_argument("recipe")
@@ -57,37 +73,94 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
+    console = _ConsoleLog()
     try:
         args = build_parser().parse_args(argv)
+        console.attach(_console_level(args))
         return COMMANDS[args.command](args)
     except InputError as exc:
         print(f"harmonia: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except OSError as exc:
+        # the environment refused: a full disk, a read-only or missing folder, a path that is a file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"harmonia: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except CellFailed as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exception(exc.__cause__ or exc)
+        print(
+            f"harmonia: error: {exc} (finished cells are kept; the traceback is in {exc.run_dir}/harmonia.log, "
+            f"--debug prints it; harmonia run --resume {exc.run_dir} retries)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    except RunInterrupted as exc:
+        print(
+            f"harmonia: interrupted; finished cells are saved (harmonia run --resume {exc.run_dir} finishes the rest)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print("harmonia: interrupted; finished cells are saved (harmonia run --resume RUN_DIR finishes the rest)", file=sys.stderr)
+        print("harmonia: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception:
         traceback.print_exc()
         print("harmonia: internal error (the traceback above is for a bug report)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        console.detach()
 
 
-def _say(args: argparse.Namespace):
-    return (lambda text: None) if args.quiet else (lambda text: print(text, flush=True))
+class _ConsoleLog:
+    """The console side of harmonia's logging: plain lines on stdout, warnings and errors marked."""
+
+    def __init__(self) -> None:
+        self.handler: logging.Handler | None = None
+
+    def attach(self, level: int) -> None:
+        self.handler = logging.StreamHandler(sys.stdout)
+        self.handler.setLevel(level)
+        self.handler.setFormatter(_ConsoleFormat())
+        self.handler.addFilter(lambda record: record.exc_info is None)  # tracebacks go to the run's log file
+        logger = logging.getLogger("harmonia")
+        logger.addHandler(self.handler)
+        logger.setLevel(level)
+
+    def detach(self) -> None:
+        if self.handler is not None:
+            logging.getLogger("harmonia").removeHandler(self.handler)
+            self.handler = None
+
+
+class _ConsoleFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"harmonia: {record.levelname.lower()}: {message}"
+
+
+def _console_level(args: argparse.Namespace) -> int:
+    if getattr(args, "quiet", False):
+        return logging.ERROR
+    return logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harmonia import runner
+    from harmonia.progress import Progress, TerminalProgress
     from harmonia.report import console_table, gap_comparison
 
     if bool(args.recipe) == bool(args.resume):
         raise InputError("run: give either a RECIPE or --resume RUN_DIR")
     if args.resume and (args.overrides or args.out):
         raise InputError("run --resume: --set and --out do not apply; the run folder's recipe.yaml is used")
+    bar = sys.stderr.isatty() and not (args.quiet or args.verbose)
+    progress = TerminalProgress() if bar else Progress()
     if args.resume:
-        result = runner.resume(args.resume, progress=_say(args))
+        result = runner.resume(args.resume, progress=progress)
     else:
-        result = runner.run(args.recipe, args.overrides, args.out, progress=_say(args))
+        result = runner.run(args.recipe, args.overrides, args.out, progress=progress)
     results = result.results
     synthetic = (results["data"] == "synthetic").any() if not results.empty else False
     print()
@@ -102,23 +175,71 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """The plugins, then those that failed to load, clash or were left out, each with its reason.
+
+    Exit status 0 whatever is broken: a broken plugin only fails a recipe that uses it.
+    """
+    from harmonia.plugin_params import describe_params
     from harmonia.registry import default_registry
 
     registry = default_registry()
-    for entry in registry.entries(args.kind):
-        print(f"{entry.name:<20} {entry.kind:<11} {entry.source.distribution} {entry.source.version:<8} {entry.description}")
+
+    def shown(kind: str | None, name: str) -> bool:
+        return args.kind in (None, kind) and fnmatch.fnmatchcase(name, args.pattern)
+
+    entries = registry.entries(args.kind, args.pattern)
+    header = ("NAME", "KIND", "DISTRIBUTION", "VERSION", "DESCRIPTION")
+    rows = [(e.name, e.kind, e.source.distribution, e.source.version, e.description) for e in entries]
+    lines = _aligned([header, *rows])
+    print(lines[0])
+    for entry, line in zip(entries, lines[1:], strict=True):
+        print(line)
         if args.verbose:
-            for field_name, field in entry.cls.Params.model_fields.items():
-                default = field.get_default(call_default_factory=True)
-                note = f"  {field.description}" if field.description else ""
-                print(f"    {field_name} = {default!r}{note}")
-    for (kind, name), entries in sorted(registry.clashes.items()):
-        if args.kind in (None, kind):
-            sources = " and ".join(str(e.source) for e in entries)
-            print(f"{name:<20} {kind:<11} CLASH: provided by {sources}")
-    for failure in registry.failures:
-        print(f"{failure.entry_point:<20} {'?':<11} FAILED to load from {failure.source}: {failure.error}")
+            params = describe_params(entry.cls.Params)
+            cells = [(p.name, p.type, f"= {_clipped(p.default)}", p.rules, p.description) for p in params]
+            for param_line in _aligned(cells):
+                print(f"    {param_line}")
+    if not entries:
+        print("(no plugins match)")
+
+    failures = [
+        (f.name, f.kind or "?", f"from {f.source}", f.error)
+        for f in registry.failures
+        if shown(f.kind or args.kind, f.name)
+    ]
+    _section("Failed to load (a recipe that uses one fails with this reason):", failures)
+    clashes = [
+        (name, kind, "provided by " + " and ".join(str(e.source) for e in providers))
+        for (kind, name), providers in sorted(registry.clashes.items())
+        if shown(kind, name)
+    ]
+    _section("Name clashes (a name must be unique per kind; uninstall all but one):", clashes)
+    left_out = [(s.name, s.kind or "?", s.reason) for s in registry.left_out if shown(s.kind or args.kind, s.name)]
+    _section("Left out by the environment:", left_out)
+    twice = [(name, why) for name, why in registry.registered_twice if shown(args.kind, name)]
+    _section("Registered twice (harmless; the plugins above are loaded once):", twice)
     return EXIT_OK
+
+
+def _section(title: str, rows: list[tuple[str, ...]]) -> None:
+    if rows:
+        print(f"\n{title}")
+        for line in _aligned(rows):
+            print(f"  {line}")
+
+
+def _clipped(text: str, limit: int = 32) -> str:
+    """A long value (a list of regular expressions, say) cut short so the columns after it stay in view."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows as lines of columns two spaces apart, each column as wide as its widest cell (the last unpadded)."""
+    if not rows:
+        return []
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)), row[-1]]) for row in rows]
+    return [line.rstrip() for line in lines]
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -131,6 +252,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from harmonia.api import TwinSettings
     from harmonia.datasource import write_labelled_twin
     from harmonia.registry import default_registry
@@ -142,8 +265,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     given = {"patients": args.patients, "seed": args.seed, "strength": args.strength, "difficulty": args.difficulty}
     try:
         settings = TwinSettings(**{k: v for k, v in given.items() if v is not None})
-    except ValueError as exc:
-        raise InputError(f"synth: {str(exc).splitlines()[0]}: {str(exc).splitlines()[-1].strip()}") from None
+    except ValidationError as exc:
+        # the option and the rule only: pydantic's own text spans lines and ends in a help URL
+        error = exc.errors(include_url=False)[0]
+        raise InputError(f"synth --{error['loc'][0]}: {error['msg']}") from None
     out.mkdir(parents=True, exist_ok=True)
     write_labelled_twin(entry.cls, out, settings)
     print(f"wrote the SYNTHETIC twin of {args.cohort} ({settings.patients} patients per domain) to {out}")

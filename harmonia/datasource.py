@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import harmonia
 from harmonia.api import Cohort, TwinSettings
 from harmonia.errors import DataError
 from harmonia.paths import DATA_ENV, cache_dir, data_home
+
+log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = ".harmonia-twin-complete"
 #: every twin folder carries this file, so a copied twin is never mistaken for patients' data
@@ -70,22 +73,48 @@ def twin_folder(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
 
 
 def ensure_twin(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
-    """Generate the twin into the cache unless a complete copy is already there; return its folder."""
+    """Generate the twin into the cache unless an intact copy is already there; return its folder.
+
+    The completion marker lists every file of the twin with its SHA-256; a cached twin whose
+    files no longer match (a damaged cache) is written again, with a warning.
+    """
     folder = twin_folder(cohort_cls, twin)
     if (folder / COMPLETE_MARKER).exists():
-        return folder
-    print(f"harmonia: no real {cohort_cls.name} data configured; writing its SYNTHETIC twin to {folder}")
+        if _intact(folder):
+            return folder
+        log.warning("the cached %s twin in %s is damaged; writing it again", cohort_cls.name, folder)
+    log.info("no real %s data configured; writing its SYNTHETIC twin to %s", cohort_cls.name, folder)
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         write_labelled_twin(cohort_cls, tmp, twin)
-        (tmp / COMPLETE_MARKER).write_text(twin.model_dump_json())
+        (tmp / COMPLETE_MARKER).write_text(
+            json.dumps({"settings": twin.model_dump(), "files": _checksums(tmp)}, indent=1)
+        )
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` but the completion marker, by relative path."""
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != COMPLETE_MARKER
+    }
+
+
+def _intact(folder: Path) -> bool:
+    """Whether the twin in ``folder`` still holds exactly the files its completion marker lists."""
+    try:
+        recorded = json.loads((folder / COMPLETE_MARKER).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded == _checksums(folder)
 
 
 def write_labelled_twin(cohort_cls: type[Cohort], folder: Path, twin: TwinSettings) -> None:
@@ -99,13 +128,14 @@ def write_labelled_twin(cohort_cls: type[Cohort], folder: Path, twin: TwinSettin
 
 
 def _code_fingerprint(cohort_cls: type[Cohort]) -> str:
-    """Hash of the modules beside the cohort's (a twin may import its siblings') and of the simulator and
-    image writers, so a changed twin generator is not served stale."""
+    """Hash of the code that writes a cohort's twin: the cohort's module and its ``<module>_twin`` sibling, and
+    the core's simulator, image writers and seeding, so a changed twin generator is not served stale."""
     digest = hashlib.sha256()
     module_file = Path(inspect.getfile(cohort_cls))
-    files = sorted(module_file.parent.glob("*.py"))
-    files += sorted((Path(harmonia.__file__).parent / "io").glob("*.py"))
-    files += sorted((Path(harmonia.__file__).parent / "synth").glob("*.py"))
+    twin_file = module_file.with_name(f"{module_file.stem}_twin.py")
+    core = Path(harmonia.__file__).parent
+    files = [module_file, *([twin_file] if twin_file.is_file() else [])]
+    files += [*sorted((core / "io").glob("*.py")), *sorted((core / "synth").glob("*.py")), core / "seeding.py"]
     for path in files:
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

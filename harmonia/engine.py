@@ -1,24 +1,30 @@
-"""The training engine: one model trained on one domain with the mitigation stages, Adam, epoch selection.
+"""The training engine: one model trained on one domain with the cell's mitigations, Adam, epoch selection.
 
 Batches come from tensors already in memory; per step the engine does only what the model and
 the active mitigations need. Images are kept in native units and z-scored per image on the fly,
-after native-space augmentation and before normalized-space augmentation.
+after native-space augmentation and before normalized-space augmentation. The mitigations'
+stages are called through :class:`harmonia.stages.MitigationStack`, never directly.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 
-from harmonia.api import Evaluator, ImageSet, Mitigation, Model, Predictions, Task, TrainStep
-from harmonia.recipe import TrainSpec
+from harmonia.api import Evaluator, ImageSet, Mitigation, Model, Predictions, TrainStep
+from harmonia.errors import TrainingDiverged
+from harmonia.settings import TrainSpec
+from harmonia.stages import MitigationStack
 
 EPS = 1e-6
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -36,22 +42,6 @@ def zscore(images: torch.Tensor) -> torch.Tensor:
     return (images - mean) / (std + EPS)
 
 
-def task_loss(task: Task) -> nn.Module:
-    """Dice + cross-entropy for segmentation (MONAI), cross-entropy for classification."""
-    if task.kind == "segmentation":
-        return _SegmentationLoss()
-    return nn.CrossEntropyLoss()
-
-
-class _SegmentationLoss(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss(logits.float(), targets.unsqueeze(1))
-
-
 @dataclass
 class EpochRecord:
     """What one epoch did: mean training loss and the validation score used for selection."""
@@ -63,62 +53,75 @@ class EpochRecord:
 
 @dataclass
 class TrainResult:
-    """The training history and which epoch's weights were kept."""
+    """The training history, which epoch's weights were kept, and the validation metric that chose them."""
 
     history: list[EpochRecord] = field(default_factory=list)
     selected_epoch: int = 0
+    #: the selector's primary metric; None when the last epoch is kept without validation
+    selection_metric: str | None = None
 
 
 class Trainer:
-    """Trains ``model`` with ``mitigations`` and predicts with it; ``selector`` scores validation epochs."""
+    """Trains ``model`` with ``mitigations`` and predicts with it; ``selector`` scores validation epochs.
+
+    The loss is the model's (:meth:`Model.task_loss`) unless a mitigation replaces it. It is chosen
+    when the trainer is made, so two mitigations that both replace it stop the cell before any work.
+    """
 
     def __init__(
         self,
         model: Model,
-        mitigations: list[Mitigation],
+        mitigations: Sequence[Mitigation],
         selector: Evaluator,
         settings: TrainSpec,
         device: torch.device,
     ):
         self.model = model
-        self.mitigations = mitigations
+        self.stack = MitigationStack(mitigations)
         self.selector = selector
         self.settings = settings
         self.device = device
         self.task = model.task
         self.channels_last = settings.channels_last and self.task.spatial_dims == 2
         self._amp_dtype = _amp_dtype(device) if settings.amp else None
-        self._stage = {
-            stage: [m for m in mitigations if stage in m.stages()]
-            for stage in ("fit", "transform_images", "build", "augment_batch", "extra_loss")
-        }
-        self._needs_target = any(m.uses_target_images for m in mitigations)
+        self.loss_fn = self.stack.task_loss(model.task_loss())
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(device)
 
     # -- training ---------------------------------------------------------------------------
 
-    def fit(self, train: ImageSet, val: ImageSet, target_train: ImageSet | None) -> TrainResult:
-        """Run the fit, transform and build stages, then the epochs; keep the selected epoch's weights."""
-        if self._needs_target and (target_train is None or len(target_train) == 0):
-            names = ", ".join(m.name for m in self.mitigations if m.uses_target_images)
-            raise RuntimeError(f"{names} needs target-domain training images, but the cohort has only one domain")
-        for m in self._stage["fit"]:
-            m.fit(train, target_train, self.device)
-        train_images = self._transform(train.images)
-        target_images = self._transform(target_train.images) if self._needs_target else None
+    def fit(
+        self,
+        train: ImageSet,
+        val: ImageSet,
+        target_train: ImageSet | None,
+        on_epoch: Callable[[EpochRecord], None] | None = None,
+    ) -> TrainResult:
+        """Run the fit, transform and build stages, then the epochs; keep the selected epoch's weights.
+
+        ``on_epoch`` gets each epoch's record as soon as the epoch ends (for progress lines or a bar).
+        A loss that is not finite raises :class:`~harmonia.errors.TrainingDiverged` at the end of its epoch.
+        """
+        stack = self.stack
+        stack.require_target_images(target_train)
+        stack.fit(train, target_train, self.device)
+        train_images = stack.transform_images(train.images)
+        target_images = stack.transform_images(target_train.images) if stack.needs_target_images else None
 
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
-        extra = [m.build(self.model) for m in self._stage["build"]]
-        extra_modules = nn.ModuleList([e for e in extra if e is not None]).to(self.device)
+        extra_modules = stack.build(self.model).to(self.device)
         params = list(self.model.parameters()) + list(extra_modules.parameters())
         optimizer = torch.optim.Adam(params, lr=self.settings.lr, weight_decay=self.settings.weight_decay)
         scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype is torch.float16)
-        loss_fn = task_loss(self.task)
 
         n = len(train)
         batch = min(self.settings.batch_size, n)
         steps_per_epoch = math.ceil(n / batch)
         total_steps = self.settings.epochs * steps_per_epoch
+        log.debug(
+            "training %s: %d items, %d epochs of %d steps", self.model.name, n, self.settings.epochs, steps_per_epoch
+        )
         result = TrainResult()
         best_score, best_state = -math.inf, None
         step = 0
@@ -131,64 +134,74 @@ class Trainer:
                     continue  # a batch of one breaks normalisation layers; its items are seen next epoch
                 x = train_images[index].to(self.device, non_blocking=True)
                 y = train.targets[index].to(self.device, non_blocking=True)
-                x, y = self._augment(x, y)
+                x, y = stack.augment_batch(x, y, normalize=zscore)
                 with self._autocast():
                     output = self.model(self._layout(x))
-                    loss = loss_fn(output.logits, y)
-                    if self._stage["extra_loss"]:
-                        loss = loss + self._extra_loss(x, y, output, target_images, step / max(1, total_steps - 1), epoch, step)
+                    loss = self.loss_fn(output.logits, y)
+                    if stack.adds_loss:
+                        progress = step / max(1, total_steps - 1)
+                        extra = self._extra_loss(x, y, output, target_images, progress, epoch, step)
+                        if extra is not None:
+                            loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 losses.append(loss.detach())
                 step += 1
-            mean_loss = torch.stack(losses).mean().item() if losses else math.nan
+            mean_loss = self._epoch_loss(losses, epoch)
             score = None
             if self.settings.selection == "best_val":
-                score = self._validation_score(val)
+                result.selection_metric, score = self._validation_score(val)
                 if best_state is None or score > best_score:
                     best_score, best_state = score, _cpu_state(self.model)
                     result.selected_epoch = epoch
-            result.history.append(EpochRecord(epoch, mean_loss, score))
+            record = EpochRecord(epoch, mean_loss, score)
+            result.history.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
         if self.settings.selection == "last" or best_state is None:
             result.selected_epoch = self.settings.epochs - 1
         else:
             self.model.load_state_dict(best_state)
         return result
 
-    def _augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        augmenters = self._stage["augment_batch"]
-        for m in augmenters:
-            if m.batch_space == "native":
-                x, y = m.augment_batch(x, y)
-        x = zscore(x)
-        for m in augmenters:
-            if m.batch_space == "normalized":
-                x, y = m.augment_batch(x, y)
-        return x, y
-
-    def _extra_loss(self, x, y, output, target_images, progress, epoch, step) -> torch.Tensor:
+    def _extra_loss(self, x, y, output, target_images, progress, epoch, step) -> torch.Tensor | None:
+        """The mitigations' loss terms, with a fresh unlabeled target batch when one of them uses target images."""
         target_x = target_output = None
         if target_images is not None:
             pick = torch.randint(len(target_images), (len(x),))
             target_x = self._layout(zscore(target_images[pick].to(self.device, non_blocking=True)))
             target_output = self.model(target_x)
-        info = TrainStep(self.model, x, y, output, progress, epoch, step, target_x, target_output)
-        total = torch.zeros((), device=self.device)
-        for m in self._stage["extra_loss"]:
-            term = m.extra_loss(info)
-            if term is not None:
-                total = total + term
-        return total
+        step_info = TrainStep(self.model, x, y, output, progress, epoch, step, target_x, target_output)
+        return self.stack.extra_loss(step_info)
+
+    def _epoch_loss(self, losses: list[torch.Tensor], epoch: int) -> float:
+        """The epoch's mean training loss; TrainingDiverged naming the first step whose loss is not finite.
+
+        Checked once per epoch, not per step, so that training does not wait on the GPU at every step.
+        """
+        if not losses:
+            return math.nan
+        values = torch.stack(losses).float()
+        finite = torch.isfinite(values)
+        if not bool(finite.all()):
+            bad = int((~finite).nonzero()[0])
+            raise TrainingDiverged(
+                f"training diverged: the loss was {values[bad].item()} at step {bad + 1} of {len(losses)} in epoch "
+                f"{epoch + 1} of {self.settings.epochs}; try a lower train.lr (now {self.settings.lr:g})"
+            )
+        return values.mean().item()
 
     # -- prediction -------------------------------------------------------------------------
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, with_probabilities: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def predict(
+        self, images: torch.Tensor, with_probabilities: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Class indices (and softmax probabilities if asked) for native-unit ``images``, on the CPU."""
         self.model.eval()
-        images = self._transform(images)
+        images = self.stack.transform_images(images)
         predicted, probabilities = [], []
         for chunk in images.split(max(1, self.settings.batch_size)):
             with self._autocast():
@@ -203,17 +216,13 @@ class Trainer:
         predicted, probabilities = self.predict(data.images, with_probabilities)
         return Predictions(self.task, data.targets, predicted, data.patients, probabilities)
 
-    def _validation_score(self, val: ImageSet) -> float:
+    def _validation_score(self, val: ImageSet) -> tuple[str, float]:
+        """The selector's primary metric on ``val``: its name and a score where larger is better."""
         metric = self.selector.evaluate(self.predictions(val, self.selector.needs_probabilities))[0]
         value = metric.value if math.isfinite(metric.value) else -math.inf
-        return value if self.selector.higher_is_better else -value
+        return metric.name, (value if self.selector.higher_is_better else -value)
 
     # -- helpers ----------------------------------------------------------------------------
-
-    def _transform(self, images: torch.Tensor) -> torch.Tensor:
-        for m in self._stage["transform_images"]:
-            images = m.transform_images(images)
-        return images
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x

@@ -41,3 +41,29 @@ class UnreadableFile(DataError):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class CellFailed(HarmoniaError):
+    """A (sweep point, seed, training domain) cell that raised; the message names the cell and the plugin.
+
+    The cells finished before it are kept; the traceback is in the run folder's ``harmonia.log``.
+    """
+
+    def __init__(self, message: str, run_dir: object):
+        super().__init__(message)
+        self.run_dir = str(run_dir)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, carrying the run folder so the message can say what to resume."""
+
+    def __init__(self, run_dir: object):
+        super().__init__(str(run_dir))
+        self.run_dir = str(run_dir)
+
+
+class TrainingDiverged(HarmoniaError):
+    """The training loss became NaN or infinite; the message says at which epoch and step, the value, and what to try.
+
+    The message holds numbers and setting names only, never data or patient identifiers.
+    """

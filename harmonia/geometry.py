@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -23,7 +23,9 @@ def to_grid(
         volume = ndimage.gaussian_filter(volume, np.maximum(0.0, (step - 1) / 2))
     out_shape = (volume.shape[0], size, size)
     offset = (np.array(volume.shape) - 1) / 2 - step * (np.array(out_shape) - 1) / 2
-    return ndimage.affine_transform(volume, step, offset=offset, output_shape=out_shape, order=order, mode="constant", cval=fill)
+    return ndimage.affine_transform(
+        volume, step, offset=offset, output_shape=out_shape, order=order, mode="constant", cval=fill
+    )
 
 
 def crop_around(volume: np.ndarray, centre: Sequence[float], shape: Sequence[int], fill: float) -> np.ndarray:
@@ -33,7 +35,9 @@ def crop_around(volume: np.ndarray, centre: Sequence[float], shape: Sequence[int
     centre is rounded to the nearest voxel, so the crop is an exact copy (no interpolation).
     """
     if len(centre) != volume.ndim or len(shape) != volume.ndim:
-        raise ValueError(f"centre {tuple(centre)} and shape {tuple(shape)} must have {volume.ndim} axes like the volume")
+        raise ValueError(
+            f"centre {tuple(centre)} and shape {tuple(shape)} must have {volume.ndim} axes like the volume"
+        )
     out = np.full(tuple(int(s) for s in shape), fill, dtype=volume.dtype)
     source, target = [], []
     for c, side, length in zip(centre, shape, volume.shape):

@@ -1,13 +1,19 @@
 """The pluggy hook specifications a harmonia plugin module implements.
 
-A plugin module is found through the ``harmonia`` entry-point group and implements one or more
-of these hooks, each returning the plugin classes of one kind::
+A third-party plugin module is found through the ``harmonia`` entry-point group (harmonia's own
+are listed in :data:`harmonia.registry.FIRST_PARTY_MODULES`) and implements one or more of these
+hooks, each taking no arguments and returning a list of the plugin classes of one kind::
 
     from harmonia import hookimpl
 
     @hookimpl
     def harmonia_mitigations():
         return [MyMitigation]
+
+A hook with arguments, a hook name that is not one of these, a hook that raises, or a returned
+class that is not a proper plugin of the hook's kind (no ``name``, another kind, ``Params`` not
+a pydantic model) is recorded as that plugin's failure: ``harmonia list`` shows it with the
+reason and only a recipe that uses the plugin fails.
 """
 
 from __future__ import annotations

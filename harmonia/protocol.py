@@ -8,26 +8,35 @@ training domain) cell is seeded from what it is and saved when it finishes.
 
 from __future__ import annotations
 
-import platform
+import logging
+import os
 import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
 import harmonia
-from harmonia import datasource
-from harmonia.api import Cohort, Evaluator, ImageSet, Mitigation, Model, Params
-from harmonia.engine import Trainer, resolve_device
-from harmonia.errors import RecipeError
+from harmonia import datasource, environment
+from harmonia.api import Cohort, Evaluator, ImageSet, Mitigation, Model
+from harmonia.checkpoints import CheckpointInfo, plugin_record, save_model
+from harmonia.engine import EpochRecord, Trainer, TrainResult, resolve_device
+from harmonia.errors import CellFailed, DataError, HarmoniaError, InputError, RecipeError, RunInterrupted, one_line
+from harmonia.progress import Progress
 from harmonia.recipe import CohortSpec, Experiment, PluginSpec, SweepPoint
 from harmonia.registry import Registry, default_registry
-from harmonia.results import RunFolder, atomic_write_text, now
+from harmonia.results import RunFolder, atomic_write_text, now, recipe_fingerprint
 from harmonia.seeding import derive_seed, seed_everything
 from harmonia.splits import Split, split_patients
+from harmonia.stages import MitigationStack
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,18 +63,11 @@ class Cell:
         return (self.point.id, self.seed, self.train_domain)
 
 
-def create(registry: Registry, kind: str, spec: PluginSpec, *args: Any) -> Any:
-    """An instance of the plugin ``spec`` names, with its validated parameters."""
-    entry = registry.get(kind, spec.plugin)
-    params: Params = entry.cls.Params.model_validate(spec.params)
-    return entry.cls(params, *args)
-
-
 def load_cohort(spec: CohortSpec, registry: Registry) -> CohortData:
     """Resolve the cohort's data (real or synthetic twin), index it and load every item into memory."""
     cls = registry.get("cohort", spec.plugin).cls
     source = datasource.resolve(cls, spec.root, spec.synthetic)
-    cohort: Cohort = create(registry, "cohort", spec, source.root)
+    cohort: Cohort = registry.create("cohort", spec.plugin, spec.params_for_create, source.root)
     domains = list(cohort.domains())
     index = cohort.index()
     index = index[index["domain"].isin(domains)].reset_index(drop=True)
@@ -101,8 +103,21 @@ def train_seed(cell: Cell) -> int:
     return derive_seed(cell.point.recipe.name, cell.point.id, cell.seed, cell.train_domain)
 
 
-def run_cell(cell: Cell, data: CohortData, splits: dict[str, Split], registry: Registry, device: torch.device) -> tuple[list[dict[str, Any]], Any]:
-    """Train on the cell's domain and test on every domain; the result rows and the training record."""
+def run_cell(
+    cell: Cell,
+    data: CohortData,
+    splits: dict[str, Split],
+    registry: Registry,
+    device: torch.device,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    models_dir: Path | None = None,
+) -> tuple[list[dict[str, Any]], TrainResult]:
+    """Train on the cell's domain and test on every domain; the result rows and the training record.
+
+    ``on_epoch`` gets each epoch's record as it ends. With ``train.save_models`` on, the selected
+    weights are saved into ``models_dir`` (see :mod:`harmonia.checkpoints` for the file names).
+    """
     recipe = cell.point.recipe
     seed = train_seed(cell)
     seed_everything(seed)
@@ -113,14 +128,28 @@ def run_cell(cell: Cell, data: CohortData, splits: dict[str, Split], registry: R
     others = [d for d in data.domains if d != cell.train_domain]
     target_train = ImageSet.concat([data.items.of_patients(splits[d].train, d) for d in others]) if others else None
 
-    mitigations: list[Mitigation] = [create(registry, "mitigation", s, task) for s in recipe.mitigations]
+    mitigations: list[Mitigation] = [
+        registry.create("mitigation", s.plugin, s.params_for_create, task) for s in recipe.mitigations
+    ]
     rng = np.random.default_rng(seed)
-    for m in mitigations:
-        train = m.adjust_training_set(train, target_train, rng)
-    model: Model = create(registry, "model", recipe.model, task)
-    evaluators: list[Evaluator] = [create(registry, "evaluator", s, task) for s in recipe.evaluate]
+    train = MitigationStack(mitigations).adjust_training_set(train, target_train, rng)
+    model: Model = registry.create("model", recipe.model.plugin, recipe.model.params_for_create, task)
+    evaluators: list[Evaluator] = [
+        registry.create("evaluator", s.plugin, s.params_for_create, task) for s in recipe.evaluate
+    ]
     trainer = Trainer(model, mitigations, evaluators[0], recipe.train, device)
-    record = trainer.fit(train, val, target_train)
+    record = trainer.fit(train, val, target_train, on_epoch)
+    if recipe.train.save_models and models_dir is not None:
+        info = CheckpointInfo(
+            cell.point.id,
+            cell.seed,
+            cell.train_domain,
+            recipe.train.selection,
+            record.selection_metric,
+            record.selected_epoch,
+            tuple(plugin_record(m) for m in mitigations),
+        )
+        save_model(models_dir, model, info)
 
     needs_probabilities = any(e.needs_probabilities for e in evaluators)
     rows = []
@@ -139,123 +168,253 @@ def run_cell(cell: Cell, data: CohortData, splits: dict[str, Split], registry: R
         predictions = trainer.predictions(test, needs_probabilities)
         for evaluator in evaluators:
             for metric in evaluator.evaluate(predictions):
-                rows.append({**base, "test_domain": test_domain, "metric": metric.name, "value": metric.value, "n": metric.n})
+                rows.append(
+                    {**base, "test_domain": test_domain, "metric": metric.name, "value": metric.value, "n": metric.n}
+                )
     return rows, record
 
 
 def manifest_header(experiment: Experiment, registry: Registry, device: torch.device) -> dict[str, Any]:
-    """Versions of harmonia, the plugins used, torch and Python, and the device."""
+    """Versions of harmonia (and its git commit), of every plugin used and of the libraries; the device."""
     used = {}
     for point in experiment.points:
-        r = point.recipe
-        specs = [("cohort", r.cohort), ("model", r.model)]
-        specs += [("mitigation", s) for s in r.mitigations] + [("evaluator", s) for s in r.evaluate]
-        for kind, spec in specs:
+        for kind, spec in _plugin_specs(point):
             source = registry.get(kind, spec.plugin).source
             used[f"{kind}:{spec.plugin}"] = {"distribution": source.distribution, "version": source.version}
     return {
         "harmonia_version": harmonia.__version__,
+        "harmonia_git_commit": environment.git_commit(Path(harmonia.__file__).parent),
         "recipe": experiment.name,
+        "recipe_sha256": recipe_fingerprint(experiment.resolved, harmonia.__version__),
         "plugins": used,
         "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "device": str(device) if device.type != "cuda" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "libraries": environment.library_versions(),
+        "device": environment.describe_device(device),
         "command": " ".join(sys.argv),
     }
+
+
+def _plugin_specs(point: SweepPoint) -> list[tuple[str, PluginSpec]]:
+    r = point.recipe
+    specs: list[tuple[str, PluginSpec]] = [("cohort", r.cohort), ("model", r.model)]
+    return specs + [("mitigation", s) for s in r.mitigations] + [("evaluator", s) for s in r.evaluate]
 
 
 def run_experiment(
     experiment: Experiment,
     run_dir: Path,
     registry: Registry | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> RunFolder:
-    """Run (or finish) every cell of ``experiment`` into ``run_dir``; cells already on disk are skipped."""
+    """Run (or finish) every cell of ``experiment`` into ``run_dir``; cells complete on disk are skipped.
+
+    Finishing a folder refuses a recipe that differs from the one the run started with. A cell
+    that raises stops the run with :class:`CellFailed` naming the cell and the plugin; the
+    manifest then says ``failed`` with that message and ``harmonia.log`` holds the traceback.
+    """
     registry = registry or default_registry()
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folder = RunFolder(run_dir, list(experiment.points[0].values))
-    if not folder.recipe_path.exists():
-        atomic_write_text(folder.recipe_path, experiment.to_yaml())
-    device = resolve_device(experiment.points[0].recipe.train.device)
-    manifest = folder.read_manifest()
-    folder.update_manifest(
-        **manifest_header(experiment, registry, device),
-        started=manifest.get("started", now()),
-        resumed=manifest.get("resumed", []) + ([now()] if manifest else []),
-        status="running",
-        finished=None,
-    )
-    say = progress or (lambda text: None)
-    try:
-        _run_cells(experiment, folder, registry, device, say)
-    except KeyboardInterrupt:
-        folder.update_manifest(status="interrupted", finished=now())
-        raise
-    except BaseException as exc:
-        # only the kind of error: messages can quote data file names, which may carry patient codes
-        folder.update_manifest(status="failed", error=type(exc).__name__, finished=now())
-        raise
-    folder.update_manifest(status="completed", finished=now(), error=None)
+    progress = progress or Progress()
+    folder = RunFolder(make_run_dir(Path(run_dir)), list(experiment.points[0].values))
+    with folder.lock(), _log_into(folder.log_path):
+        manifest = folder.read_manifest()
+        header = manifest_header(experiment, registry, resolve_device(experiment.points[0].recipe.train.device))
+        if manifest:
+            _check_same_recipe(folder, manifest, header)
+        if not folder.recipe_path.exists():
+            atomic_write_text(folder.recipe_path, experiment.to_yaml())
+        folder.update_manifest(
+            **header,
+            started=manifest.get("started", now()),
+            resumed=manifest.get("resumed", []) + ([now()] if manifest else []),
+            status="running",
+            finished=None,
+        )
+        try:
+            _run_cells(experiment, folder, registry, resolve_device(experiment.points[0].recipe.train.device), progress)
+        except KeyboardInterrupt:
+            _mark(folder, status="interrupted")
+            raise RunInterrupted(folder.path) from None
+        except BaseException as exc:
+            _mark(folder, status="failed", error=_manifest_error(exc))
+            if not isinstance(exc, InputError):
+                log.debug("traceback of the failure", exc_info=exc)
+            raise
+        folder.update_manifest(status="completed", finished=now(), error=None)
     return folder
 
 
-def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, device: torch.device, say: Callable[[str], None]) -> None:
+def make_run_dir(run_dir: Path) -> Path:
+    """Create ``run_dir`` (and its parents); an InputError naming it if it is a file or cannot be written."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"{run_dir}: exists and is not a folder; choose a folder for the run")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{run_dir}: cannot create the run folder ({exc.strerror or one_line(exc)})") from None
+    if not os.access(run_dir, os.W_OK):
+        raise InputError(f"{run_dir}: the run folder is not writable")
+    return run_dir
+
+
+def _check_same_recipe(folder: RunFolder, manifest: dict[str, Any], header: dict[str, Any]) -> None:
+    """Refuse to finish a run whose recipe.yaml or harmonia version changed since it started."""
+    if manifest.get("harmonia_version") != header["harmonia_version"]:
+        raise InputError(
+            f"{folder.path}: the run started with harmonia {manifest.get('harmonia_version')}, this is "
+            f"{header['harmonia_version']}; finish it with that version or start a new run"
+        )
+    if manifest.get("recipe_sha256") != header["recipe_sha256"]:
+        raise InputError(
+            f"{folder.recipe_path}: the recipe changed since the run started, so its cells would not be comparable; "
+            f"restore it or start a new run"
+        )
+
+
+def _manifest_error(exc: BaseException) -> str:
+    """What the manifest says of a failure: the message, except for data errors, whose messages can quote
+    file names that carry patient codes (those stay on the console)."""
+    if isinstance(exc, DataError):
+        return type(exc).__name__
+    return str(exc) if isinstance(exc, HarmoniaError) else one_line(exc)
+
+
+def _mark(folder: RunFolder, **fields: Any) -> None:
+    """Record the run's end in the manifest, if the disk still lets us (a full disk may not)."""
+    try:
+        folder.update_manifest(**fields, finished=now())
+    except OSError as exc:
+        log.error("%s: could not record the run's end (%s)", folder.manifest_path, exc.strerror or one_line(exc))
+
+
+@contextmanager
+def _log_into(path: Path) -> Iterator[None]:
+    """Copy harmonia's log records (and failure tracebacks) into the run folder's ``harmonia.log``."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("harmonia")
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+        handler.close()
+
+
+def preflight(point: SweepPoint, data: CohortData, registry: Registry) -> None:
+    """Configuration errors that show only once the cohort is loaded, raised before any training."""
+    recipe, task = point.recipe, data.cohort.task
+    model = registry.get("model", recipe.model.plugin).cls
+    if task.kind not in model.tasks:
+        raise RecipeError(
+            f"model.plugin: '{recipe.model.plugin}' cannot do {task.kind} (cohort {recipe.cohort.plugin})"
+        )
+    for i, spec in enumerate(recipe.evaluate):
+        if task.kind not in registry.get("evaluator", spec.plugin).cls.tasks:
+            raise RecipeError(
+                f"evaluate[{i}].plugin: '{spec.plugin}' does not evaluate {task.kind} (cohort {recipe.cohort.plugin})"
+            )
+    if len(data.domains) < 2:
+        for i, spec in enumerate(recipe.mitigations):
+            if registry.get("mitigation", spec.plugin).cls.uses_target_images:
+                raise RecipeError(
+                    f"mitigations[{i}].plugin: '{spec.plugin}' needs target-domain images, but cohort "
+                    f"{recipe.cohort.plugin} is used with one domain ({', '.join(data.domains)})"
+                )
+    try:
+        split_patients(data.index, split_seed(point, 0), data.domains)
+    except DataError as exc:
+        raise DataError(f"cohort {recipe.cohort.plugin}: {exc}") from None
+
+
+def _run_cells(
+    experiment: Experiment, folder: RunFolder, registry: Registry, device: torch.device, progress: Progress
+) -> None:
     cohorts: dict[str, CohortData] = {}
 
     def data_of(point: SweepPoint) -> CohortData:
         key = point.recipe.cohort.model_dump_json()
         if key not in cohorts:
             cohorts[key] = data = load_cohort(point.recipe.cohort, registry)
-            name, source = point.recipe.cohort.plugin, data.source
-            folder.record_per_cohort("data_provenance", name, source.provenance())
-            if source.kind == "synthetic":
-                say(f"cohort {name}: SYNTHETIC twin data ({source.root})")
-            else:
-                say(f"cohort {name}: real data from {source.root}")
-            excluded = data.cohort.exclusion_counts()
-            if excluded:
-                folder.record_per_cohort("excluded_patients", name, excluded)
-                listed = ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))
-                say(f"cohort {name}: patients left out: {listed}")
-            if data.cohort.unreadable:
-                folder.add_unreadable(name, data.cohort.unreadable)
-                say(f"cohort {name}: {len(data.cohort.unreadable)} unreadable file(s) skipped; see unreadable.csv")
+            _record_cohort(folder, point.recipe.cohort.plugin, data)
         return cohorts[key]
 
-    def domains_of(point: SweepPoint) -> list[str]:
-        return point.recipe.cohort.train_domains or data_of(point).domains
-
-    cells = plan_cells(experiment, domains_of)
-    done = folder.done_cells()
+    for point in experiment.points:
+        preflight(point, data_of(point), registry)
+    cells = plan_cells(experiment, lambda point: point.recipe.cohort.train_domains or data_of(point).domains)
+    done = folder.load_finished()
     todo = [c for c in cells if c.key not in done]
-    say(f"{len(cells)} cells ({len(cells) - len(todo)} already done)")
-    history = _read_history(folder.path)
+    log.info("%d cells (%d already done)", len(cells), len(cells) - len(todo))
     for number, cell in enumerate(todo, start=1):
         data = data_of(cell.point)
         splits = split_patients(data.index, split_seed(cell.point, cell.seed), data.domains)
-        rows, record = run_cell(cell, data, splits, registry, device)
-        folder.add_cell(rows)
-        history.extend(
-            {"sweep_id": cell.point.id, "seed": cell.seed, "train_domain": cell.train_domain, "epoch": e.epoch,
-             "train_loss": e.train_loss, "val_score": e.val_score, "selected": e.epoch == record.selected_epoch}
+        label = f"[{number}/{len(todo)}] sweep {cell.point.id} ({cell.point.recipe.mitigation_label()}) seed {cell.seed} train {cell.train_domain}"
+        progress.cell_started(label, cell.point.recipe.train.epochs)
+        try:
+            rows, record = run_cell(
+                cell,
+                data,
+                splits,
+                registry,
+                device,
+                on_epoch=lambda e: progress.epoch_finished(e.epoch, e.train_loss, e.val_score),
+                models_dir=folder.models_path,
+            )
+        except (InputError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise CellFailed(
+                f"{_describe_cell(cell)} failed{_blame(exc, cell, registry)}: {one_line(exc)}", folder.path
+            ) from exc
+        history = [
+            {
+                "epoch": e.epoch,
+                "train_loss": e.train_loss,
+                "val_score": e.val_score,
+                "selected": e.epoch == record.selected_epoch,
+            }
             for e in record.history
-        )
-        _write_history(folder.path, history)
+        ]
+        folder.add_cell(cell.key, rows, history)
         primary = rows[0]["metric"] if rows else "?"
         same = [r["value"] for r in rows if r["metric"] == primary and r["test_domain"] == cell.train_domain]
-        say(
-            f"[{number}/{len(todo)}] sweep {cell.point.id} ({cell.point.recipe.mitigation_label()}) seed {cell.seed} "
-            f"train {cell.train_domain}: same-domain {primary} {same[0]:.3f}, epoch {record.selected_epoch} kept"
-            if same else f"[{number}/{len(todo)}] done"
-        )
+        detail = f": same-domain {primary} {same[0]:.3f}, epoch {record.selected_epoch} kept" if same else ": done"
+        progress.cell_finished(label + detail)
 
 
-def _read_history(path: Path) -> list[dict[str, Any]]:
-    file = path / "history.csv"
-    return pd.read_csv(file).to_dict("records") if file.exists() else []
+def _record_cohort(folder: RunFolder, name: str, data: CohortData) -> None:
+    """Write where a cohort's data came from, who was left out and what was unreadable, and announce it."""
+    source = data.source
+    folder.record_per_cohort("data_provenance", name, source.provenance())
+    if source.kind == "synthetic":
+        log.info("cohort %s: SYNTHETIC twin data (%s)", name, source.root)
+    else:
+        log.info("cohort %s: real data from %s", name, source.root)
+    excluded = data.cohort.exclusion_counts()
+    if excluded:
+        folder.record_per_cohort("excluded_patients", name, excluded)
+        listed = ", ".join(f"{n} {reason}" for reason, n in sorted(excluded.items()))
+        log.info("cohort %s: patients left out: %s", name, listed)
+    if data.cohort.unreadable:
+        folder.add_unreadable(name, data.cohort.unreadable)
+        log.warning("cohort %s: %d unreadable file(s) skipped; see unreadable.csv", name, len(data.cohort.unreadable))
 
 
-def _write_history(path: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(path / "history.csv", pd.DataFrame(history).to_csv(index=False))
+def _describe_cell(cell: Cell) -> str:
+    return f"cell (sweep {cell.point.id}, seed {cell.seed}, train {cell.train_domain})"
 
+
+def _blame(exc: BaseException, cell: Cell, registry: Registry) -> str:
+    """`` in mitigation 'dann'`` for the innermost traceback frame in one of the cell's plugin modules, else ''."""
+    modules = {
+        registry.get(kind, spec.plugin).cls.__module__: (kind, spec.plugin) for kind, spec in _plugin_specs(cell.point)
+    }
+    blamed = ""
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        owner = modules.get(frame.f_globals.get("__name__", ""))
+        if owner:
+            blamed = f" in {owner[0]} '{owner[1]}'"
+    return blamed

@@ -11,27 +11,61 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
 
-from harmonia.api import PluginKind, Task, TwinSettings
+from harmonia.api import Params, PluginKind, StrictModel, Task, TwinSettings
 from harmonia.errors import PluginError, RecipeError
+from harmonia.plugin_params import InvalidParams, key_path, validate_params
 from harmonia.registry import Registry, default_registry
 
+# TrainSpec lives below the engine (harmonia.settings); recipe users may still import it from here
+from harmonia.settings import TrainSpec
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: most values a recipe may hold, counting every use of a YAML alias (an "alias bomb" expands exponentially)
+MAX_RECIPE_VALUES = 100_000
+#: most sweep points a recipe may expand to unless it sets ``max_sweep_points:``
+DEFAULT_MAX_SWEEP_POINTS = 1000
+#: most characters of a value echoed in an error message
+ECHO_LIMIT = 80
+
+SweepLimit = Annotated[int, Field(ge=1, strict=True)]
+_SWEEP_LIMIT = TypeAdapter(SweepLimit)
+
+
+class _Strict(StrictModel):
+    """The recipe's own models: strict like every settings model (see :class:`StrictModel`)."""
 
 
 class PluginSpec(_Strict):
-    """A plugin by name and its parameters (validated against the plugin's own model)."""
+    """A plugin by name and its parameters (validated against the plugin's own model).
+
+    ``params`` is the mapping as the recipe wrote it, completed with the defaults once validated
+    (what the resolved recipe.yaml shows); the same values are kept as the plugin's typed model,
+    validated once by :func:`validate_point` and handed as they are to
+    :meth:`Registry.create <harmonia.registry.Registry.create>` (see :attr:`params_for_create`).
+    """
 
     plugin: str
     params: dict[str, Any] = Field(default_factory=dict)
+    _validated_params: Params | None = PrivateAttr(None)
+
+    @property
+    def params_for_create(self) -> Params | dict[str, Any]:
+        """What :meth:`Registry.create` gets: the typed params validated with the recipe, or, for a
+        spec made by hand and never validated, the mapping, which ``create`` then validates."""
+        return self._validated_params if self._validated_params is not None else self.params
+
+    def use_params(self, params: Params) -> None:
+        """Keep ``params`` (validated) for the run and show them, defaults included, in :attr:`params`."""
+        self._validated_params = params
+        self.params = params.model_dump(mode="json")
 
 
 class CohortSpec(PluginSpec):
@@ -40,29 +74,6 @@ class CohortSpec(PluginSpec):
     root: Path | None = Field(None, description="folder of the real dataset; else $HARMONIA_DATA/<cohort>")
     synthetic: TwinSettings = Field(default_factory=TwinSettings)
     train_domains: list[str] | None = Field(None, description="domains to train on (default: all)")
-
-
-class TrainSpec(_Strict):
-    """Training settings of every (seed, training domain) cell; defaults are the paper's (seed 001)."""
-
-    epochs: int = Field(60, ge=1)
-    batch_size: int = Field(50, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    seeds: int = Field(10, ge=1, description="repetitions with different splits and initialisations")
-    selection: Literal["best_val", "last"] = Field(
-        "best_val", description="keep the epoch best on the training domain's validation split, or the last"
-    )
-    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...")
-    amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
-    channels_last: bool = Field(True, description="channels-last memory format for 2-D convolutions")
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, value: str) -> str:
-        if value not in ("auto", "cpu", "cuda", "mps") and not value.startswith("cuda:"):
-            raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-        return value
 
 
 class Recipe(_Strict):
@@ -75,6 +86,9 @@ class Recipe(_Strict):
     mitigations: list[PluginSpec] = Field(default_factory=list)
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: list[PluginSpec] = Field(min_length=1)
+    max_sweep_points: SweepLimit = Field(
+        DEFAULT_MAX_SWEEP_POINTS, description="refuse a sweep grid larger than this (a guard against typos)"
+    )
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
 
     @field_validator("evaluate", mode="before")
@@ -129,8 +143,44 @@ class Experiment:
 # ------------------------------------------------------------------------------------------------
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A key written twice in one YAML mapping."""
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no tags that build objects or run code) that refuses a key written twice
+    in one mapping, where plain PyYAML silently keeps the last."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._checked: set[int] = set()
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        # first called on each mapping as written, before merge keys (<<) fold other mappings into it
+        if id(node) not in self._checked:
+            self._checked.add(id(node))
+            self._reject_duplicate_keys(node)
+        super().flatten_mapping(node)
+
+    def _reject_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                problem = f"duplicate key {brief(key)} (first on line {first_line[key]})"
+                raise DuplicateKeyError(None, None, problem, key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read with :class:`RecipeLoader` (safe, no duplicate keys)."""
+    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The recipe file as a mapping, with safe_load only; one-line errors naming the file."""
+    """The recipe file as a mapping, read safely; one-line errors naming the file (and the line)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -138,7 +188,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -150,15 +200,36 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """``key.path=value`` with the value read as YAML (``--set train.epochs=5``)."""
+    """``key.path=value`` with the value read as YAML (``--set train.epochs=5``); text that is not
+    YAML is taken as a string, but a duplicate key is an error."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise RecipeError(f"--set {text}: expected KEY.PATH=VALUE")
+        raise RecipeError(f"--set {clip(text)}: expected KEY.PATH=VALUE")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except DuplicateKeyError as exc:
+        raise RecipeError(f"--set {clip(text)}: {exc.problem}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+def reject_oversized(data: Any, origin: str) -> None:
+    """Refuse a recipe holding more than :data:`MAX_RECIPE_VALUES` values, counting every use of a
+    shared (aliased) value; the walk stops at the limit, so an alias bomb or a cycle costs no more."""
+    pending, seen = [data], 0
+    while pending:
+        node = pending.pop()
+        seen += 1
+        if seen > MAX_RECIPE_VALUES:
+            raise RecipeError(
+                f"{origin}: the recipe holds more than {MAX_RECIPE_VALUES:,} values "
+                "(YAML aliases repeating large parts, or an alias inside itself?); write it out plainly"
+            )
+        if isinstance(node, dict):
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
 
 
 def set_path(data: dict[str, Any], path: str, value: Any, origin: str) -> None:
@@ -189,40 +260,35 @@ def set_path(data: dict[str, Any], path: str, value: Any, origin: str) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def key_path(loc: tuple[Any, ...]) -> str:
-    """``('mitigations', 1, 'params', 'weight')`` -> ``mitigations[1].params.weight``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
 def _first_error(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> str:
-    err = exc.errors()[0]
+    """The first of pydantic's errors as one line, ``key.path: what is wrong``, with a count of the
+    rest; never pydantic's help URL or the offending input, which ``str(exc)`` would print."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    err = errors[0]
     loc = prefix + tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
-    message = err["msg"]
+    message = clip(err["msg"].removeprefix("Value error, "), limit=300)
     if err["type"] == "extra_forbidden":
         message = "unknown key"
     elif err["type"] == "missing":
         message = "required key is missing"
-    more = len(exc.errors()) - 1
+    more = len(errors) - 1
     suffix = f" (and {more} more error{'s' if more > 1 else ''})" if more else ""
     return f"{key_path(loc)}: {message}{suffix}"
 
 
 def _validate_plugin(registry: Registry, kind: PluginKind, spec: PluginSpec, loc: tuple[Any, ...]) -> None:
+    """Check that ``spec`` names a usable plugin and that its params fit the plugin's model (an
+    unknown key gets the closest parameter: ``model.params.chanels: unknown key; did you mean
+    'channels'?``), and keep the validated params on the spec."""
     try:
         entry = registry.get(kind, spec.plugin)
     except PluginError as exc:
         raise RecipeError(f"{key_path(loc + ('plugin',))}: {exc}") from None
     try:
-        params = entry.cls.Params.model_validate(spec.params)
-    except ValidationError as exc:
-        raise RecipeError(_first_error(exc, loc + ("params",))) from None
-    spec.params = params.model_dump(mode="json")
+        params = validate_params(entry.cls.Params, spec.params)
+    except InvalidParams as exc:
+        raise RecipeError(f"{key_path(loc + ('params',) + exc.loc)}: {exc.rule}") from None
+    spec.use_params(params)
 
 
 def validate_point(data: dict[str, Any], registry: Registry) -> Recipe:
@@ -248,7 +314,8 @@ def _check_compatibility(recipe: Recipe, registry: Registry) -> None:
         return
     model_cls = registry.get("model", recipe.model.plugin).cls
     if task_kind not in model_cls.tasks:
-        raise RecipeError(f"model.plugin: '{recipe.model.plugin}' cannot do {task_kind} (cohort {recipe.cohort.plugin})")
+        model, cohort = recipe.model.plugin, recipe.cohort.plugin
+        raise RecipeError(f"model.plugin: '{model}' cannot do {task_kind} (cohort {cohort})")
     for i, spec in enumerate(recipe.evaluate):
         cls = registry.get("evaluator", spec.plugin).cls
         if task_kind not in cls.tasks:
@@ -269,6 +336,7 @@ def expand_sweep(data: dict[str, Any], origin: str) -> list[tuple[dict[str, Any]
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise RecipeError(f"{origin}: sweep.{key}: must be a non-empty list of values")
+    _check_sweep_size(math.prod(len(values) for values in sweep.values()), data, origin)
     keys = list(sweep)
     points = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
@@ -278,6 +346,43 @@ def expand_sweep(data: dict[str, Any], origin: str) -> list[tuple[dict[str, Any]
             set_path(point, key, copy.deepcopy(value), f"{origin}: sweep")
         points.append((values, point))
     return points
+
+
+def _check_sweep_size(points: int, data: dict[str, Any], origin: str) -> None:
+    """Refuse a grid of more points than the recipe's ``max_sweep_points`` before expanding it."""
+    try:
+        limit = _SWEEP_LIMIT.validate_python(data.get("max_sweep_points", DEFAULT_MAX_SWEEP_POINTS))
+    except ValidationError as exc:
+        raise RecipeError(f"{origin}: {_first_error(exc, ('max_sweep_points',))}") from None
+    if points > limit:
+        raise RecipeError(
+            f"{origin}: sweep: the grid has {points:,} points, more than max_sweep_points ({limit:,}); "
+            f"to run it, set 'max_sweep_points: {points}' in the recipe (or --set max_sweep_points={points})"
+        )
+
+
+def _reject_overrides_the_sweep_replaces(overrides: list[tuple[str, str]], data: dict[str, Any], origin: str) -> None:
+    """A ``--set`` on a key the sweep also sets (or on a part or a parent of one) would be silently
+    replaced at every sweep point; refuse it, naming both."""
+    sweep = data.get("sweep")
+    if not isinstance(sweep, dict):
+        return
+    for key, text in overrides:
+        if key.split(".")[0] == "sweep":
+            continue
+        for swept in sweep:
+            if _same_branch(key, str(swept)):
+                raise RecipeError(
+                    f"{origin}: --set {clip(text)}: the sweep also sets {clip(str(swept))}; "
+                    "change the sweep or drop the --set"
+                )
+
+
+def _same_branch(a: str, b: str) -> bool:
+    """Whether one dotted key path is the other or lies inside it (``train`` and ``train.lr``)."""
+    parts_a, parts_b = a.split("."), b.split(".")
+    shorter = min(len(parts_a), len(parts_b))
+    return parts_a[:shorter] == parts_b[:shorter]
 
 
 def load_recipe(
@@ -291,9 +396,13 @@ def load_recipe(
         origin, data = "<recipe>", copy.deepcopy(source)
     else:
         origin, data = str(source), read_yaml(Path(source))
+    applied = []
     for text in overrides:
         key, value = parse_override(text)
         set_path(data, key, value, f"{origin}: --set")
+        applied.append((key, text))
+    reject_oversized(data, origin)
+    _reject_overrides_the_sweep_replaces(applied, data, origin)
     points = []
     for i, (values, point_data) in enumerate(expand_sweep(data, origin)):
         try:
@@ -315,4 +424,50 @@ def load_recipe(
 
 
 def _describe(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in values.items())
+    """The swept values of a sweep point, each value cut short, for an error message."""
+    return ", ".join(f"{key}={brief(value)}" for key, value in values.items())
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` on one line, cut to ``limit`` characters with ``…``."""
+    text = " ".join(text[: limit * 4].split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def brief(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """``value`` as compact JSON of at most ``limit`` characters (``…`` when cut). Reads only as much
+    of ``value`` as it prints, so a huge, deep or self-containing value costs no more than a short one."""
+    text = ""
+    for piece in _json_pieces(value, limit):
+        text += piece
+        if len(text) > limit:
+            return text[: limit - 1] + "…"
+    return text
+
+
+def _json_pieces(value: Any, limit: int) -> Iterator[str]:
+    """Compact JSON of ``value``, lazily, in small pieces (strings cut to ``limit`` characters)."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield ("," if i else "") + _json_scalar(key, limit) + ":"
+            yield from _json_pieces(item, limit)
+        yield "}"
+    elif isinstance(value, (list, tuple)):
+        yield "["
+        for i, item in enumerate(value):
+            if i:
+                yield ","
+            yield from _json_pieces(item, limit)
+        yield "]"
+    else:
+        yield _json_scalar(value, limit)
+
+
+def _json_scalar(value: Any, limit: int) -> str:
+    """One scalar as JSON, a string cut just past ``limit`` so that :func:`brief` sees it is long."""
+    if isinstance(value, str):
+        return json.dumps(value[: limit + 1], ensure_ascii=False)
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"<{value.bit_length()}-bit integer>"  # str() of a huge int is slow, or refused
+    return json.dumps(value, default=str)

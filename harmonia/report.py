@@ -6,7 +6,6 @@ rebuilt at any time (``harmonia report RUN_DIR``), also for an interrupted run.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from harmonia.errors import InputError  # noqa: E402
-from harmonia.results import TAIL_COLUMNS, atomic_write_text, domain_rank, read_results, summarize  # noqa: E402
+from harmonia.results import TAIL_COLUMNS, RunFolder, atomic_write_text, domain_rank, read_results, summarize  # noqa: E402
 
 
 def _pm(mean: float, sd: float) -> str:
@@ -27,12 +26,11 @@ def _pm(mean: float, sd: float) -> str:
 
 
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
-    """The results and manifest of ``run_dir``; an InputError naming the folder if it is not a run."""
-    run_dir = Path(run_dir)
-    results_path, manifest_path = run_dir / "results.csv", run_dir / "manifest.json"
-    if not manifest_path.exists():
+    """The results and manifest of ``run_dir``; an InputError naming the folder or the damaged file."""
+    folder = RunFolder(Path(run_dir), [])
+    if not folder.manifest_path.is_file():
         raise InputError(f"{run_dir}: not a harmonia run folder (no manifest.json)")
-    return read_results(results_path), json.loads(manifest_path.read_text())
+    return read_results(folder.results_path), folder.read_manifest()
 
 
 def primary_metric(results: pd.DataFrame) -> str:
@@ -150,16 +148,29 @@ def write_report(run_dir: Path) -> Path:
             "> protocol and the methods working, not clinical performance.",
             "",
         ]
-    lines += [f"- status: {manifest.get('status', '?')} (started {manifest.get('started')}, finished {manifest.get('finished')})"]
+    lines += [
+        f"- status: {manifest.get('status', '?')} (started {manifest.get('started')}, finished {manifest.get('finished')})"
+    ]
     for cohort, p in provenance.items():
         lines.append(f"- data: {cohort}: {p.get('data')} ({p.get('origin')})")
-    lines += [f"- harmonia {manifest.get('harmonia_version')}, torch {manifest.get('torch_version')}, device {manifest.get('device')}", ""]
+    lines += [
+        f"- harmonia {manifest.get('harmonia_version')}, torch {manifest.get('torch_version')}, device {manifest.get('device')}",
+        "",
+    ]
     if results.empty:
         lines.append("No (seed, training domain) cell has finished yet.")
     else:
         metric = primary_metric(results)
-        lines += [f"## Same- vs other-domain {metric} (mean ± sd over seeds)", "", table_rows(results).to_markdown(index=False), ""]
-        lines += ["Δ = other-domain − same-domain; the other-domain value of a seed is its mean over all other test domains.", ""]
+        lines += [
+            f"## Same- vs other-domain {metric} (mean ± sd over seeds)",
+            "",
+            table_rows(results).to_markdown(index=False),
+            "",
+        ]
+        lines += [
+            "Δ = other-domain − same-domain; the other-domain value of a seed is its mean over all other test domains.",
+            "",
+        ]
         lines += ["## Did the mitigation narrow the gap?", ""] + [f"- {s}" for s in gap_comparison(results)] + [""]
         lines += [f"## Mean {metric} by training (rows) and test (columns) domain", ""]
         for label, table in matrix(results).items():

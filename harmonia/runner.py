@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
 from harmonia.api import PluginKind, Task
-from harmonia.errors import InputError
+from harmonia.checkpoints import load_model
+from harmonia.errors import CellFailed, InputError, RunInterrupted
+from harmonia.progress import Progress
 from harmonia.protocol import run_experiment
 from harmonia.recipe import Experiment, load_recipe
 from harmonia.registry import Entry, Registry, default_registry
@@ -48,27 +50,36 @@ def run(
     overrides: list[str] | tuple[str, ...] = (),
     out: str | Path | None = None,
     registry: Registry | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Run:
     """Run a recipe (a YAML path or a mapping) into a new run folder and write its report."""
     experiment = load_recipe(recipe, overrides, registry)
     folder = Path(out) if out is not None else default_run_dir(experiment)
-    if folder.exists() and any(folder.iterdir()):
+    if folder.is_dir() and any(folder.iterdir()):
         raise InputError(f"{folder}: the run folder already exists and is not empty (use --resume to finish it)")
-    run_experiment(experiment, folder, registry, progress)
-    write_report(folder)
+    _run_and_report(experiment, folder, registry, progress)
     return Run(folder)
 
 
-def resume(run_dir: str | Path, registry: Registry | None = None, progress: Callable[[str], None] | None = None) -> Run:
+def resume(run_dir: str | Path, registry: Registry | None = None, progress: Progress | None = None) -> Run:
     """Finish the cells of ``run_dir`` that are missing, using the recipe saved in it."""
     folder = RunFolder(Path(run_dir), [])
-    if not folder.recipe_path.exists():
-        raise InputError(f"{run_dir}: not a harmonia run folder (no recipe.yaml)")
+    if not folder.recipe_path.is_file() or not folder.manifest_path.is_file():
+        raise InputError(f"{run_dir}: not a harmonia run folder (no recipe.yaml and manifest.json)")
     experiment = load_recipe(folder.recipe_path, (), registry)
-    run_experiment(experiment, Path(run_dir), registry, progress)
-    write_report(Path(run_dir))
-    return Run(Path(run_dir))
+    _run_and_report(experiment, folder.path, registry, progress)
+    return Run(folder.path)
+
+
+def _run_and_report(experiment: Experiment, folder: Path, registry: Registry | None, progress: Progress | None) -> None:
+    """Run the experiment, then write the report, also of the cells that finished before a failure."""
+    try:
+        run_experiment(experiment, folder, registry, progress)
+    except (CellFailed, RunInterrupted):
+        if (folder / "results.csv").exists():
+            write_report(folder)
+        raise
+    write_report(folder)
 
 
 def list_plugins(kind: PluginKind | None = None, pattern: str = "*") -> list[Entry]:
@@ -77,13 +88,14 @@ def list_plugins(kind: PluginKind | None = None, pattern: str = "*") -> list[Ent
 
 
 def create_plugin(kind: PluginKind, name: str, *args: Any, **params: Any) -> Any:
-    """An instance of plugin ``name`` with ``params`` validated by its model.
+    """An instance of plugin ``name`` with ``params`` validated by its model (as a recipe's are).
 
     ``args`` are what the plugin kind's constructor takes after its params: a data folder for a
-    cohort, a :class:`~harmonia.api.Task` for a model, mitigation or evaluator.
+    cohort, a :class:`~harmonia.api.Task` for a model, mitigation or evaluator. An unknown or
+    broken plugin, or a parameter that does not fit (``chanels=8``: "did you mean 'channels'?"),
+    is a :class:`~harmonia.errors.PluginError`.
     """
-    entry = default_registry().get(kind, name)
-    return entry.cls(entry.cls.Params.model_validate(params), *args)
+    return default_registry().create(kind, name, params, *args)
 
 
-__all__ = ["Run", "Task", "create_plugin", "list_plugins", "load_recipe", "resume", "run"]
+__all__ = ["Run", "Task", "create_plugin", "list_plugins", "load_model", "load_recipe", "resume", "run"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-
 import toy_plugins
+
 from harmonia import registry as registry_module
 from harmonia.registry import Registry
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pydantic import ValidationError
+from toy_plugins import ToyCohort
 
 from harmonia.api import CohortParams, ItemsBuilder, RegexPattern, require_known
 from harmonia.errors import UnreadableFile
 from harmonia.privacy import pseudonymize
-from toy_plugins import ToyCohort
 
 
 def test_items_builder_joins_patients_in_order_with_a_channel_axis():
@@ -60,6 +60,21 @@ def test_unreadable_files_stop_by_default_and_are_recorded_when_skipped(tmp_path
         ToyCohort(ToyCohort.Params(), tmp_path).unreadable_file(error, "RAW-9")
     cohort = ToyCohort(ToyCohort.Params(on_unreadable="skip"), tmp_path)
     cohort.unreadable_file(error, "RAW-9")
+    cohort.unreadable_file(error, "RAW-9")
     [record] = cohort.unreadable
     pseudonym = pseudonymize("RAW-9", "toy")
-    assert (record.patient, record.file, record.reason) == (pseudonym, f"{pseudonym}/scan/{pseudonym}_1.dcm", "truncated")
+    assert (record.patient, record.reason) == (pseudonym, "truncated")
+    assert record.file == cohort.file_reference(error.path, pseudonym) and record.file.startswith(f"{pseudonym}/file-")
+
+
+def test_an_unreadable_file_named_after_the_patient_is_recorded_without_its_name(tmp_path):
+    cohort = ToyCohort(ToyCohort.Params(on_unreadable="skip"), tmp_path)
+    folder = tmp_path / "Study_1.2.840.99" / "Series_7"
+    for number in (3, 4):
+        cohort.unreadable_file(UnreadableFile(folder / f"DOEJOHN_00{number}.dcm", "truncated"), "P-17")
+    first, second = cohort.unreadable
+    assert first.file != second.file, "each file keeps its own reference"
+    for secret in ("DOEJOHN", "P-17", "1.2.840.99", "Series_7", ".dcm"):
+        assert secret not in repr(cohort.unreadable)
+    again = ToyCohort(ToyCohort.Params(on_unreadable="skip"), tmp_path)
+    assert again.file_reference(folder / "DOEJOHN_003.dcm", first.patient) == first.file, "stable across runs"

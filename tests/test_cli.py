@@ -41,18 +41,21 @@ def test_validate(registry, toy_recipe, tmp_path, capsys):
 def test_list_shows_kind_distribution_and_parameters(registry, capsys):
     assert main(["list", "--kind", "model", "--verbose"]) == 0
     out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if l.startswith("toynet"))
+    line = next(row for row in out.splitlines() if row.startswith("toynet"))
     assert "model" in line and "local" in line and "A three-layer conv net for tests." in line
-    assert "    width = 8  channels" in out
+    assert "    width  int  = 8  >= 1  channels" in out
     assert "pixel_accuracy" not in out  # filtered by kind
 
 
 def test_list_reports_failed_plugins(registry, capsys):
     from harmonia.registry import Failure, Source
 
-    registry.failures.append(Failure("ghost", Source("ghost_mod", "ghost-dist", "1.0"), "ImportError: no torch_ghost"))
+    ghost = Failure(("ghost",), Source("ghost_mod", "ghost-dist", "1.0"), "ImportError: no torch_ghost")
+    registry.failures.append(ghost)
     assert main(["list"]) == 0
-    assert "ghost                ?           FAILED to load from ghost-dist 1.0 (ghost_mod): ImportError: no torch_ghost" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Failed to load" in out
+    assert "  ghost  ?  from ghost-dist 1.0 (ghost_mod)  ImportError: no torch_ghost" in out
 
 
 def test_synth_writes_the_twin_and_refuses_a_full_folder(registry, tmp_path, capsys):

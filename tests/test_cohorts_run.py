@@ -1,6 +1,6 @@
 """Every first-party cohort through the real protocol on a tiny SYNTHETIC twin: it runs, and no identifier leaks.
 
-The twins plant invented patient names, IDs and birth dates in DICOM and MHA headers and in
+The twins plant invented patient names, IDs and birth dates in DICOM, MHA and NIfTI headers and in
 their spreadsheets; none of them, nor a patient folder's name, may appear in any file of the run.
 """
 
@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import nibabel as nib
 import pandas as pd
 import pydicom
 import pytest
@@ -19,10 +20,12 @@ from harmonia import runner
 from harmonia.io.dicom import looks_like_dicom
 
 CLASSIFICATION = ["mri_breast", "mri_prostate", "ct_lidc", "ct_hnscc", "ct_kidney", "ct_oropharyngeal", "xray_chest"]
+SEGMENTATION = ["mnms", "ct_recon"]
 #: spreadsheet columns that hold patient identifiers in the real datasets
-ID_COLUMNS = ("PatientID", "patient_id", "Patient ID", "Trial PatientID", "ID")
+ID_COLUMNS = ("PatientID", "patient_id", "Patient ID", "Trial PatientID", "ID", "External code")
 #: cohort parameters that keep items small, so each run takes seconds
 SMALL = {
+    "mnms": {"image_size": 32, "spacing_mm": 4.0, "phases": ["ED"], "domains": ["Siemens", "Philips"]},
     "mri_prostate": {"image_size": 32, "spacing_mm": 4.0},
     "ct_hnscc": {"image_size": 32, "spacing_mm": 6.0},
     "ct_kidney": {"image_size": 32, "spacing_mm": 8.0},
@@ -46,6 +49,8 @@ def planted_identifiers(twin: Path) -> set[str]:
             reader.SetFileName(str(path))
             reader.ReadImageInformation()
             found |= {reader.GetMetaData(k) for k in reader.GetMetaDataKeys() if k.startswith("0010|")}
+        elif path.name.endswith((".nii", ".nii.gz")):  # M&Ms: the description holds a name and the patient code
+            found |= set(nib.load(path).header["descrip"].item().decode(errors="ignore").split())
         elif path.suffix in (".csv", ".xlsx"):
             sheet = pd.read_csv(path, dtype=str) if path.suffix == ".csv" else pd.read_excel(path, dtype=str)
             found |= {str(v) for c in ID_COLUMNS if c in sheet for v in sheet[c].dropna()}
@@ -60,13 +65,18 @@ def run_tiny(cohort: str, registry, tmp_path: Path, model: str, metric: str):
         "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seeds": 1, "device": "cpu"},
         "evaluate": [metric],
     }
-    return runner.run(recipe, out=tmp_path / "run", registry=registry, progress=lambda _: None)
+    return runner.run(recipe, out=tmp_path / "run", registry=registry)
 
 
-@pytest.mark.parametrize("cohort", [*CLASSIFICATION, "ct_recon"])
+@pytest.mark.parametrize("cohort", [*CLASSIFICATION, *SEGMENTATION])
 def test_cohort_runs_the_protocol_and_leaks_no_identifier(cohort, registry, tmp_path):
-    segmentation = cohort == "ct_recon"
-    run = run_tiny(cohort, registry, tmp_path, *(("toynet", "pixel_accuracy") if segmentation else ("toy_classifier", "item_accuracy")))
+    segmentation = cohort in SEGMENTATION
+    run = run_tiny(
+        cohort,
+        registry,
+        tmp_path,
+        *(("toynet", "pixel_accuracy") if segmentation else ("toy_classifier", "item_accuracy")),
+    )
     results = run.results
     domains = list(dict.fromkeys(results["train_domain"]))
     assert len(domains) == 2 and set(results["test_domain"]) == set(domains)
@@ -74,7 +84,11 @@ def test_cohort_runs_the_protocol_and_leaks_no_identifier(cohort, registry, tmp_
 
     twin = Path(run.manifest["data_provenance"][cohort]["root"])
     secrets = planted_identifiers(twin)
-    secrets |= {p.name for p in twin.rglob("*") if p.is_dir() and re.search(r"\d{3}", p.name) and len(p.parents) - len(twin.parents) <= 3}
+    secrets |= {
+        p.name
+        for p in twin.rglob("*")
+        if p.is_dir() and re.search(r"\d{3}", p.name) and len(p.parents) - len(twin.parents) <= 3
+    }
     assert secrets, "the twin should plant identifiers for this test to mean anything"
     written = "\n".join(p.read_text(errors="ignore") for p in run.path.rglob("*") if p.is_file() and p.suffix != ".png")
     leaked = {s for s in secrets if re.search(rf"(?<![\w.]){re.escape(s)}(?![\w])", written)}
@@ -83,3 +97,35 @@ def test_cohort_runs_the_protocol_and_leaks_no_identifier(cohort, registry, tmp_
     assert manifest["status"] == "completed"
     if cohort == "ct_lidc":  # its twin holds one patient whose only nodule is rated 3
         assert manifest["excluded_patients"] == {"ct_lidc": {"no nodule rated 1 or 5": 1}}
+
+
+def test_a_skipped_file_named_after_a_person_leaves_no_name_in_the_run(registry, tmp_path):
+    from harmonia.api import TwinSettings
+    from harmonia_plugins.cohorts.xray_chest import XrayChestCohort
+
+    root = tmp_path / "brax"
+    root.mkdir()
+    XrayChestCohort.write_twin(root, TwinSettings(patients=4, seed=2))
+    sheet_path = root / "master_spreadsheet_update.csv"
+    sheet = pd.read_csv(sheet_path, dtype=str)
+    image = root / sheet.loc[0, "PngPath"]
+    named = image.with_name("DOEJOHN_003.png")
+    named.write_bytes(image.read_bytes()[:200])
+    sheet.loc[0, "PngPath"] = str(named.relative_to(root))
+    sheet.to_csv(sheet_path, index=False)
+    recipe = {
+        "name": "tiny_unreadable",
+        "cohort": {
+            "plugin": "xray_chest",
+            "root": str(root),
+            "params": {**SMALL["xray_chest"], "on_unreadable": "skip"},
+        },
+        "model": {"plugin": "toy_classifier"},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seeds": 1, "device": "cpu"},
+        "evaluate": ["item_accuracy"],
+    }
+    run = runner.run(recipe, out=tmp_path / "run", registry=registry)
+    listed = pd.read_csv(run.path / "unreadable.csv", dtype=str)
+    assert len(listed) == 1 and listed["file"][0].startswith(f"{listed['patient'][0]}/file-")
+    written = "\n".join(p.read_text(errors="ignore") for p in run.path.rglob("*") if p.is_file() and p.suffix != ".png")
+    assert "DOEJOHN" not in written and sheet.loc[0, "PatientID"] not in written

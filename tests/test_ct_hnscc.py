@@ -11,14 +11,15 @@ import pydicom
 import pytest
 import torch
 from cohort_checks import index_and_items, private_copy
-from harmonia_plugins.cohorts.ct_hnscc import HnsccCohort
-from harmonia_plugins.cohorts.ct_hnscc_twin import SCANNERS, Identity, write_patient
 from pydantic import ValidationError
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.io import read_image, read_rtstruct, rtstruct_roi_names
 from harmonia.privacy import pseudonymize
+from harmonia.synth.head_neck import Identity
+from harmonia_plugins.cohorts.ct_hnscc import HnsccCohort
+from harmonia_plugins.cohorts.ct_hnscc_twin import SCANNERS, write_patient
 
 PATIENTS = 3
 SMALL = {"image_size": 48, "spacing_mm": 4.0}
@@ -319,12 +320,17 @@ def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage, 
 
 @pytest.mark.parametrize("damage", [truncate_ct_slice, truncate_ct_header])
 def test_unreadable_files_are_recorded_and_skipped_when_asked(copy, damage):
-    culprit = damage(first_rtstruct(copy))
+    rtstruct = first_rtstruct(copy)
+    culprit = planning_ct(rtstruct)[3]
+    assert damage(rtstruct) == culprit.name
     c, _, items = load_all(copy, on_unreadable="skip")
-    assert [Path(r.file).name for r in c.unreadable] == [culprit]
-    assert all(r.reason and culprit not in r.reason for r in c.unreadable)
-    skipped = c.unreadable[0].patient
-    assert skipped in c.excluded and skipped not in set(items.patients)
+    [record] = c.unreadable
+    assert record.file == c.file_reference(culprit, record.patient)
+    assert record.reason and culprit.name not in record.reason
+    assert record.patient not in set(items.patients)
+    # a header cut is met while indexing (the patient has no readable contoured CT), pixels cut while loading
+    header_cut = damage is truncate_ct_header
+    assert (c.excluded.get(record.patient) == "unreadable file in its CT or RTSTRUCT series") == header_cut
     assert len(set(items.patients)) == 2 * PATIENTS - 1
 
 

@@ -10,19 +10,15 @@ import pydicom
 import pytest
 import torch
 from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
-from harmonia_plugins.cohorts.ct_kidney import KidneyCohort
-from harmonia_plugins.cohorts.ct_kidney_twin import (
-    TUMOUR_RADIUS_MM,
-    arterial_values,
-    draw_anatomy,
-    draw_tumour,
-)
 from pydantic import ValidationError
 from pydicom.pixels import pack_bits
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.privacy import pseudonymize
+from harmonia.synth.abdomen import draw_anatomy
+from harmonia_plugins.cohorts.ct_kidney import KidneyCohort
+from harmonia_plugins.cohorts.ct_kidney_twin import TUMOUR_RADIUS_MM, arterial_values, draw_tumour
 
 PATIENTS = 3
 SMALL = {"image_size": 64, "spacing_mm": 6.0}
@@ -169,9 +165,7 @@ def test_geometry_follows_the_parameters_and_pads_with_air(twin):
 
 
 def test_domain_comes_from_the_ct_manufacturer(copy):
-    manufacturers = {
-        pydicom.dcmread(series_files(f, "arterial")[0]).Manufacturer: f for f in patients(copy)
-    }
+    manufacturers = {pydicom.dcmread(series_files(f, "arterial")[0]).Manufacturer: f for f in patients(copy)}
     assert set(manufacturers) == {"SIEMENS", "GE MEDICAL SYSTEMS", "Philips", "TOSHIBA"}
     before = cohort(copy).index().set_index("patient")["domain"]
     folder = manufacturers["SIEMENS"]
@@ -318,9 +312,7 @@ def no_patients(root: Path) -> str:
     return f"{root}: no patient folders"
 
 
-@pytest.mark.parametrize(
-    "damage", [drop_seg, seg_of_another_series, seg_of_another_size, truncate, drop_vendor]
-)
+@pytest.mark.parametrize("damage", [drop_seg, seg_of_another_series, seg_of_another_size, truncate, drop_vendor])
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
     assert_one_line_data_error(damage(copy), lambda: load_all(copy))
 

@@ -12,16 +12,11 @@ import pydicom
 import pytest
 import torch
 from cohort_checks import index_and_items, private_copy
-from harmonia_plugins.cohorts.ct_oropharyngeal import (
-    PRIMARY_GTV,
-    OropharyngealCohort,
-    cube_around,
-    hpv_label,
-)
 from test_ct_hnscc import (
     break_frame_of_reference,
     cut_ct_below_contours,
     drop_vendor_tag,
+    planning_ct,
     rewrite,
     truncate_ct_slice,
 )
@@ -30,6 +25,12 @@ from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.io import MedicalImage, read_image, read_rtstruct
 from harmonia.privacy import pseudonymize
+from harmonia_plugins.cohorts.ct_oropharyngeal import (
+    PRIMARY_GTV,
+    OropharyngealCohort,
+    cube_around,
+    hpv_label,
+)
 
 PATIENTS = 3
 SHEET = "OPC-Radiomics-Clinical-Data.xlsx"
@@ -359,9 +360,11 @@ def test_missing_rtstruct_or_gtv_excludes_and_counts_the_patient(copy):
 
 
 def test_truncated_slice_is_recorded_and_skipped_when_asked(copy):
-    culprit = truncate_ct_slice(next(first_labelled(copy).rglob("1-1.dcm")))
+    rtstruct = next(first_labelled(copy).rglob("1-1.dcm"))
+    culprit = planning_ct(rtstruct)[3]
+    truncate_ct_slice(rtstruct)
     c, index, items = load_all(copy, on_unreadable="skip")
-    assert [Path(r.file).name for r in c.unreadable] == [culprit]
+    assert [r.file for r in c.unreadable] == [c.file_reference(culprit, c.unreadable[0].patient)]
     assert len(items) == len(index) - 1 and c.unreadable[0].patient not in set(items.patients)
 
 

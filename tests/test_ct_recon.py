@@ -12,8 +12,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
-from harmonia_plugins.cohorts.ct_recon import RECONS, ReconCohort, canonical_recon
-from harmonia_plugins.cohorts.ct_recon_twin import hu_values, signature
 from pydantic import ValidationError
 from scipy import ndimage
 
@@ -21,6 +19,8 @@ from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.privacy import pseudonymize
 from harmonia.splits import split_patients
+from harmonia_plugins.cohorts.ct_recon import RECONS, ReconCohort, canonical_recon
+from harmonia_plugins.cohorts.ct_recon_twin import hu_values, signature
 
 EXAMS = 3
 SMALL = {"image_size": 64, "spacing_mm": 6.0}
@@ -166,12 +166,31 @@ def test_domains_and_slices_follow_the_parameters(twin, loaded):
 @pytest.mark.parametrize(
     "name, recon",
     [
-        ("M80", "M80"), ("m80", "M80"), ("mono80", "M80"), ("80keV", "M80"), ("Mono 80 keV", "M80"),
-        ("VMI_40keV", "M40"), ("MonoE-60", "M60"), ("mono_70keV", "M70"),
-        ("FBP", "FBP"), ("filtered_back_projection", "FBP"),
-        ("IR", "IR"), ("SAFIRE 3", "IR"), ("ADMIRE_2", "IR"), ("iDose4", "IR"), ("ASiR-V", "IR"), ("AIDR 3D", "IR"),
-        ("OC", "OC"), ("OPT", "OC"), ("Optimum Contrast", "OC"),
-        ("T2W", None), ("120kVp", None), ("mono", None), ("M5", None), ("M200", None), ("liver_mask", None),
+        ("M80", "M80"),
+        ("m80", "M80"),
+        ("mono80", "M80"),
+        ("80keV", "M80"),
+        ("Mono 80 keV", "M80"),
+        ("VMI_40keV", "M40"),
+        ("MonoE-60", "M60"),
+        ("mono_70keV", "M70"),
+        ("FBP", "FBP"),
+        ("filtered_back_projection", "FBP"),
+        ("IR", "IR"),
+        ("SAFIRE 3", "IR"),
+        ("ADMIRE_2", "IR"),
+        ("iDose4", "IR"),
+        ("ASiR-V", "IR"),
+        ("AIDR 3D", "IR"),
+        ("OC", "OC"),
+        ("OPT", "OC"),
+        ("Optimum Contrast", "OC"),
+        ("T2W", None),
+        ("120kVp", None),
+        ("mono", None),
+        ("M5", None),
+        ("M200", None),
+        ("liver_mask", None),
     ],
 )
 def test_reconstruction_names_are_canonicalised(name, recon):
@@ -314,8 +333,15 @@ def doubled_recon(root: Path) -> str:
 @pytest.mark.parametrize(
     "damage",
     [
-        truncate_fbp_slice, unknown_recon_folder, drop_mask, drop_reference, mask_of_another_size,
-        recon_of_another_size, mask_off_the_grid, seg_of_another_exam, doubled_recon,
+        truncate_fbp_slice,
+        unknown_recon_folder,
+        drop_mask,
+        drop_reference,
+        mask_of_another_size,
+        recon_of_another_size,
+        mask_off_the_grid,
+        seg_of_another_exam,
+        doubled_recon,
     ],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):

@@ -13,8 +13,8 @@ from torch import nn
 
 from harmonia.api import ImageSet, Model, ModelOutput, NoParams, Task, TrainStep
 from harmonia.engine import Trainer
-from harmonia.recipe import TrainSpec
 from harmonia.registry import Registry
+from harmonia.settings import TrainSpec
 from harmonia_plugins.evaluators.dice import Dice, DiceParams
 from harmonia_plugins.mitigations.dann import DANN, DANNParams, GradientReversal, reverse_gradient
 from harmonia_plugins.models.unet2d import UNet2D, UNet2DParams
@@ -155,8 +155,17 @@ def test_classifier_alone_learns_to_tell_source_from_target():
     for _ in range(60):
         features_s = torch.randn(16, 4, 3, 3, requires_grad=True)
         features_t = torch.randn(16, 4, 3, 3) + torch.tensor([2.0, -1.0, 0.0, 0.0])[:, None, None]
-        step = TrainStep(net, features_s, torch.zeros(16), ModelOutput(features_s, features_s), 0.5, 0, 0,
-                         features_t, ModelOutput(features_t, features_t))
+        step = TrainStep(
+            net,
+            features_s,
+            torch.zeros(16),
+            ModelOutput(features_s, features_s),
+            0.5,
+            0,
+            0,
+            features_t,
+            ModelOutput(features_t, features_t),
+        )
         optimizer.zero_grad()
         dann.extra_loss(step).backward()
         optimizer.step()

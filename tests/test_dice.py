@@ -92,13 +92,17 @@ def test_agrees_with_monai_on_each_patient_volume():
     """With ``empty: one`` each patient's Dice is MONAI's compute_dice on the patient's stacked slices."""
     g = torch.Generator().manual_seed(1)
     targets = torch.randint(0, 3, (7, 6, 6), generator=g)
-    predicted = torch.where(torch.rand(7, 6, 6, generator=g) < 0.3, torch.randint(0, 3, (7, 6, 6), generator=g), targets)
+    predicted = torch.where(
+        torch.rand(7, 6, 6, generator=g) < 0.3, torch.randint(0, 3, (7, 6, 6), generator=g), targets
+    )
     patients = np.array(["x", "y", "x", "z", "y", "x", "z"], dtype=object)
     ours = Dice(DiceParams(), TWO_CLASSES).per_patient(Predictions(TWO_CLASSES, targets, predicted, patients))
     for row, patient in zip(ours, sorted(set(patients))):
         items = torch.from_numpy(np.flatnonzero(patients == patient))
-        volume = lambda t: t[items][None, None]  # noqa: E731  [1, 1, slices, H, W]
-        monai = compute_dice(volume(predicted), volume(targets), include_background=False, ignore_empty=False, num_classes=3)
+        volume = lambda t, items=items: t[items][None, None]  # noqa: E731  [1, 1, slices, H, W]
+        monai = compute_dice(
+            volume(predicted), volume(targets), include_background=False, ignore_empty=False, num_classes=3
+        )
         assert np.allclose(row, monai[0].numpy())
 
 

@@ -1,15 +1,20 @@
-"""The training engine: z-scoring, stage order, epoch selection and determinism."""
+"""The training engine: z-scoring, stage order, epoch selection, determinism, the loss it trains with,
+divergence and per-epoch progress."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from toy_plugins import PixelAccuracy, ToyNet, ToyNetParams
 
 from harmonia.api import ImageSet, Mitigation, NoParams, Task
 from harmonia.engine import Trainer, zscore
-from harmonia.recipe import TrainSpec
-from toy_plugins import PixelAccuracy, ToyNet, ToyNetParams
+from harmonia.errors import InputError, TrainingDiverged
+from harmonia.settings import TrainSpec
 
 TASK = Task("segmentation", ("background", "square"))
 
@@ -27,9 +32,9 @@ def toy_set(n=24, seed=0, invert=False) -> ImageSet:
     return ImageSet(images, masks, patients, np.array(["A"] * n, dtype=object))
 
 
-def trainer(mitigations=(), epochs=3, selection="best_val", seed=0):
+def trainer(mitigations=(), epochs=3, selection="best_val", seed=0, model_cls=ToyNet):
     torch.manual_seed(seed)
-    model = ToyNet(ToyNetParams(width=4), TASK)
+    model = model_cls(ToyNetParams(width=4), TASK)
     settings = TrainSpec(epochs=epochs, batch_size=8, lr=0.01, device="cpu", selection=selection)
     return Trainer(model, list(mitigations), PixelAccuracy(NoParams(), TASK), settings, torch.device("cpu"))
 
@@ -101,5 +106,154 @@ def test_a_mitigation_that_needs_target_images_without_other_domains_fails_clear
         uses_target_images = True
 
     t = trainer([NeedsTarget(NoParams(), TASK)], epochs=1)
-    with pytest.raises(RuntimeError, match="needs_target needs target-domain training images"):
+    with pytest.raises(InputError, match="needs_target needs target-domain training images"):
         t.fit(toy_set(), toy_set(), None)
+
+
+# -- the loss training minimises ---------------------------------------------------------------
+
+
+class SpyLoss(nn.Module):
+    """Records the logits and targets it is called with; returns ``value`` (with a gradient) instead of a real loss."""
+
+    def __init__(self, value: float = 7.0):
+        super().__init__()
+        self.value = value
+        self.calls: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def forward(self, logits, targets):
+        self.calls.append((tuple(logits.shape), tuple(targets.shape)))
+        return 0.0 * logits.sum() + self.value
+
+
+class OwnLossNet(ToyNet):
+    """A ToyNet that trains with its own (spy) loss."""
+
+    def __init__(self, params, task):
+        super().__init__(params, task)
+        self.loss = SpyLoss(7.0)
+
+    def task_loss(self):
+        return self.loss
+
+
+class ReplacesLoss(Mitigation):
+    """Replaces the task loss with a spy; records the default it was offered."""
+
+    name = "replaces_loss"
+
+    def __init__(self, value: float = 3.0):
+        super().__init__(NoParams(), TASK)
+        self.loss = SpyLoss(value)
+        self.offered = None
+
+    def task_loss(self, default):
+        self.offered = default
+        return self.loss
+
+
+def test_the_default_loss_is_the_task_kinds():
+    from harmonia.losses import DiceCrossEntropy
+
+    t = trainer()
+    assert isinstance(t.loss_fn, DiceCrossEntropy)
+    assert isinstance(ToyNet(ToyNetParams(), Task("classification", ("a", "b"))).task_loss(), nn.CrossEntropyLoss)
+
+
+def test_a_model_that_supplies_its_loss_is_trained_with_it():
+    t = trainer(epochs=2, model_cls=OwnLossNet)
+    result = t.fit(toy_set(), toy_set(), None)
+    assert len(t.model.loss.calls) == 2 * 3  # 24 items in batches of 8, two epochs
+    assert set(t.model.loss.calls) == {((8, 2, 16, 16), (8, 16, 16))}
+    assert [r.train_loss for r in result.history] == [7.0, 7.0]
+
+
+def test_a_mitigation_that_replaces_the_loss_wins_over_the_models():
+    replaces = ReplacesLoss(3.0)
+    t = trainer([replaces], epochs=2, model_cls=OwnLossNet)
+    result = t.fit(toy_set(), toy_set(), None)
+    assert replaces.offered is t.model.loss  # offered the model's loss as the default
+    assert len(replaces.loss.calls) == 6 and t.model.loss.calls == []
+    assert [r.train_loss for r in result.history] == [3.0, 3.0]
+
+
+def test_two_mitigations_replacing_the_loss_are_an_error_naming_both_before_any_training():
+    class AlsoReplaces(ReplacesLoss):
+        name = "also_replaces"
+
+    class Declines(ReplacesLoss):
+        name = "declines"
+
+        def task_loss(self, default):
+            return None
+
+    first, second = ReplacesLoss(), AlsoReplaces()
+    expected = "^mitigations replaces_loss and also_replaces each replace the task loss"
+    with pytest.raises(InputError, match=expected) as error:
+        trainer([first, Declines(), second])
+    assert "\n" not in str(error.value)
+    assert trainer([first, Declines()]).loss_fn is first.loss  # one that declines (None) does not count
+
+
+# -- divergence and progress -------------------------------------------------------------------
+
+
+class DivergesAt(nn.Module):
+    """The real loss until call ``at`` (1-based), then ``value``."""
+
+    def __init__(self, at: int, value: float):
+        super().__init__()
+        self.at, self.value, self.calls = at, value, 0
+        self.loss = nn.CrossEntropyLoss()
+
+    def forward(self, logits, targets):
+        self.calls += 1
+        loss = self.loss(logits, targets)
+        return loss * self.value if self.calls >= self.at else loss
+
+
+@pytest.mark.parametrize("value, shown", [(math.nan, "nan"), (math.inf, "inf")])
+def test_a_loss_that_is_not_finite_stops_training_with_where_and_what_to_try(value, shown):
+    replaces = ReplacesLoss()
+    replaces.loss = DivergesAt(at=5, value=value)  # the 2nd step of the 2nd epoch (three steps an epoch)
+    t = trainer([replaces], epochs=3)
+    epochs_seen = []
+    with pytest.raises(TrainingDiverged) as error:
+        t.fit(toy_set(), toy_set(), None, on_epoch=epochs_seen.append)
+    message = str(error.value)
+    assert message == (
+        f"training diverged: the loss was {shown} at step 2 of 3 in epoch 2 of 3; try a lower train.lr (now 0.01)"
+    )
+    assert [r.epoch for r in epochs_seen] == [0]  # stopped before the diverged epoch was validated or reported
+    assert not any(p in message for p in toy_set().patients)
+
+
+def test_on_epoch_receives_every_record_as_the_epoch_ends():
+    class CountingAccuracy(PixelAccuracy):
+        calls = 0
+
+        def evaluate(self, predictions):
+            CountingAccuracy.calls += 1
+            return super().evaluate(predictions)
+
+    t = trainer(epochs=3)
+    t.selector = CountingAccuracy(NoParams(), TASK)
+    seen = []
+
+    def on_epoch(record):
+        seen.append((record, CountingAccuracy.calls))
+
+    result = t.fit(toy_set(), toy_set(seed=1), None, on_epoch=on_epoch)
+    assert seen == [(record, record.epoch + 1) for record in result.history]  # each right after its validation
+    assert result.selection_metric == "pixel_accuracy"
+
+
+def test_the_engine_imports_no_recipe_machinery():
+    """The engine sits below the recipe loader (YAML, sweeps, registry): importing it must not pull that in."""
+    import subprocess
+    import sys
+
+    recipe_machinery = "{'harmonia.recipe', 'harmonia.registry', 'yaml'}"
+    code = f"import sys, harmonia.engine; print(sorted({recipe_machinery} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -15,8 +15,8 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.io import (
     canonical_vendor,
-    read_header,
     find_series,
+    read_header,
     read_image,
     read_rtstruct,
     read_seg,
@@ -64,8 +64,14 @@ def phantom() -> np.ndarray:
 
 
 def ct_series(folder, volume=None, **kwargs):
-    kwargs = {"modality": "CT", "manufacturer": "GE MEDICAL SYSTEMS", "patient_name": PLANTED[0],
-              "patient_id": PLANTED[1], "origin": (-10.0, -20.0, 30.0), **kwargs}
+    kwargs = {
+        "modality": "CT",
+        "manufacturer": "GE MEDICAL SYSTEMS",
+        "patient_name": PLANTED[0],
+        "patient_id": PLANTED[1],
+        "origin": (-10.0, -20.0, 30.0),
+        **kwargs,
+    }
     return write_dicom_series(folder, phantom() if volume is None else volume, SPACING, **kwargs)
 
 
@@ -75,8 +81,12 @@ def test_dicom_series_reads_back_in_hu_with_geometry_and_vendor(tmp_path):
     assert image.shape == (6, 32, 40) and image.spacing == SPACING
     np.testing.assert_array_equal(image.array, phantom())
     assert (image.modality, image.manufacturer, image.vendor) == ("CT", "GE MEDICAL SYSTEMS", "GE")
-    np.testing.assert_allclose(image.index_to_world(np.array([[5, 31, 39]])), [[-10 + 39 * 0.7, -20 + 31 * 0.8, 30 + 5 * 2.5]])
-    np.testing.assert_allclose(image.world_to_index(image.index_to_world(np.array([[1.5, 2.0, 3.25]]))), [[1.5, 2.0, 3.25]])
+    np.testing.assert_allclose(
+        image.index_to_world(np.array([[5, 31, 39]])), [[-10 + 39 * 0.7, -20 + 31 * 0.8, 30 + 5 * 2.5]]
+    )
+    np.testing.assert_allclose(
+        image.world_to_index(image.index_to_world(np.array([[1.5, 2.0, 3.25]]))), [[1.5, 2.0, 3.25]]
+    )
 
 
 def test_slices_are_ordered_by_position_not_file_name(tmp_path):
@@ -103,7 +113,10 @@ def test_a_transfer_syntax_no_decoder_handles_is_named(tmp_path):
     dataset.PixelData = encapsulate([b"\0" * 64])
     dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
     dataset.save_as(tmp_path / "mpeg.dcm")
-    with pytest.raises(UnreadableFile, match=r"mpeg\.dcm: .*transfer syntax MPEG2 .*1\.2\.840\.10008\.1\.2\.4\.100.*no installed decoder"):
+    with pytest.raises(
+        UnreadableFile,
+        match=r"mpeg\.dcm: .*transfer syntax MPEG2 .*1\.2\.840\.10008\.1\.2\.4\.100.*no installed decoder",
+    ):
         read_image(tmp_path / "mpeg.dcm")
 
 
@@ -168,7 +181,9 @@ def test_rtstruct_contours_rasterise_back_to_the_mask(tmp_path):
     written = ct_series(tmp_path / "ct")
     lesion = phantom() == 200
     ring = (phantom() == 40) & ~np.pad(np.ones((4, 10, 14), bool), ((1, 1), (11, 11), (13, 13)))
-    write_rtstruct(tmp_path / "rt.dcm", written, {"GTVp": lesion, "GTV-N ring": ring, "Body": phantom() > -500}, *PLANTED)
+    write_rtstruct(
+        tmp_path / "rt.dcm", written, {"GTVp": lesion, "GTV-N ring": ring, "Body": phantom() > -500}, *PLANTED
+    )
     image = read_image(tmp_path / "ct")
     assert rtstruct_roi_names(tmp_path / "rt.dcm") == ["GTVp", "GTV-N ring", "Body"]
     masks = read_rtstruct(tmp_path / "rt.dcm", image, re.compile(r"^GTV", re.I))
@@ -188,8 +203,14 @@ def test_rtstruct_of_another_frame_of_reference_or_off_the_image_is_refused(tmp_
     assert shifted.frame_of_reference_uid == other.frame_of_reference_uid
     write_rtstruct(tmp_path / "rt2.dcm", written, {"GTV": phantom() == 200}, *PLANTED)
     image = read_image(tmp_path / "ct")
-    small = type(image)(array=image.array[:, :10, :10], spacing=image.spacing, path=image.path, origin=image.origin,
-                        axes=image.axes, frame_of_reference_uid=image.frame_of_reference_uid)
+    small = type(image)(
+        array=image.array[:, :10, :10],
+        spacing=image.spacing,
+        path=image.path,
+        origin=image.origin,
+        axes=image.axes,
+        frame_of_reference_uid=image.frame_of_reference_uid,
+    )
     with pytest.raises(DataError, match="outside"):
         read_rtstruct(tmp_path / "rt2.dcm", small, "GTV")
 
@@ -212,8 +233,12 @@ def test_seg_reads_back_as_a_label_map_and_must_fit_its_image(tmp_path):
 
 
 def test_mha_keeps_vendor_and_drops_patient_keys(tmp_path):
-    write_mha(tmp_path / "t2w.mha", phantom().astype(np.int16), SPACING,
-              {"0008|0070": "SIEMENS", "0008|0060": "MR", "0010|0010": PLANTED[0], "0010|0020": PLANTED[1]})
+    write_mha(
+        tmp_path / "t2w.mha",
+        phantom().astype(np.int16),
+        SPACING,
+        {"0008|0070": "SIEMENS", "0008|0060": "MR", "0010|0010": PLANTED[0], "0010|0020": PLANTED[1]},
+    )
     image = read_image(tmp_path / "t2w.mha")
     assert (image.vendor, image.modality, image.spacing) == ("Siemens", "MR", SPACING)
     np.testing.assert_array_equal(image.array, phantom())
@@ -236,7 +261,9 @@ def test_nifti_geometry_matches_dicom_world_coordinates(tmp_path):
     nib.save(nib.Nifti1Image(phantom().transpose(2, 1, 0).astype(np.float32), affine), tmp_path / "ct.nii.gz")
     image = read_image(tmp_path / "ct.nii.gz")
     np.testing.assert_array_equal(image.array, phantom())
-    np.testing.assert_allclose(image.index_to_world(np.array([[1, 2, 3]])), [[-(10 + 3 * 0.7), -(20 + 2 * 0.8), 30 + 2.5]])
+    np.testing.assert_allclose(
+        image.index_to_world(np.array([[1, 2, 3]])), [[-(10 + 3 * 0.7), -(20 + 2 * 0.8), 30 + 2.5]]
+    )
 
 
 def test_png_and_planar_dicom_are_2d(tmp_path):
@@ -245,16 +272,30 @@ def test_png_and_planar_dicom_are_2d(tmp_path):
     png = read_image(tmp_path / "cxr.png")
     assert png.shape == (30, 20) and png.origin is None
     np.testing.assert_array_equal(png.array, picture)
-    written = write_dicom_series(tmp_path / "dx", picture.astype(float), (0.15, 0.15), modality="DX",
-                                 manufacturer="Carestream Health", patient_name=PLANTED[0], patient_id=PLANTED[1])
+    written = write_dicom_series(
+        tmp_path / "dx",
+        picture.astype(float),
+        (0.15, 0.15),
+        modality="DX",
+        manufacturer="Carestream Health",
+        patient_name=PLANTED[0],
+        patient_id=PLANTED[1],
+    )
     dx = read_image(written.files[0])
     assert dx.shape == (30, 20) and dx.spacing == (0.15, 0.15) and dx.vendor == "Carestream"
     np.testing.assert_array_equal(dx.array, picture)
 
 
 def test_monochrome1_is_flipped_so_high_means_bright(tmp_path):
-    written = write_dicom_series(tmp_path / "cr", np.array([[0.0, 1000.0]]), (0.2, 0.2), modality="CR",
-                                 manufacturer="Agfa", patient_name="A", patient_id="B")
+    written = write_dicom_series(
+        tmp_path / "cr",
+        np.array([[0.0, 1000.0]]),
+        (0.2, 0.2),
+        modality="CR",
+        manufacturer="Agfa",
+        patient_name="A",
+        patient_id="B",
+    )
     dataset = pydicom.dcmread(written.files[0])
     dataset.PhotometricInterpretation, dataset.BitsStored = "MONOCHROME1", 12
     dataset.save_as(written.files[0])
@@ -277,16 +318,26 @@ def test_twin_writing_is_deterministic(tmp_path):
 
 @pytest.mark.parametrize(
     "syntax",
-    [pydicom.uid.JPEGBaseline8Bit, pydicom.uid.JPEGLosslessSV1, pydicom.uid.JPEGLSLossless, JPEG2000Lossless, RLELossless],
+    [
+        pydicom.uid.JPEGBaseline8Bit,
+        pydicom.uid.JPEGLosslessSV1,
+        pydicom.uid.JPEGLSLossless,
+        JPEG2000Lossless,
+        RLELossless,
+    ],
 )
 def test_decoders_for_the_transfer_syntaxes_tcia_cohorts_use_are_installed(syntax):
     from pydicom.pixels import get_decoder
 
-    assert get_decoder(syntax).is_available, f"no decoder for {syntax.name}; the project's dependencies should bring one"
+    assert get_decoder(syntax).is_available, (
+        f"no decoder for {syntax.name}; the project's dependencies should bring one"
+    )
 
 
 def test_read_header_gives_mha_keys_without_patient_ones(tmp_path):
-    write_mha(tmp_path / "t2w.mha", phantom().astype(np.int16), SPACING, {"0008|0070": "Philips", "0010|0010": PLANTED[0]})
+    write_mha(
+        tmp_path / "t2w.mha", phantom().astype(np.int16), SPACING, {"0008|0070": "Philips", "0010|0010": PLANTED[0]}
+    )
     header = read_header(tmp_path / "t2w.mha")
     assert header["0008|0070"] == "Philips" and header["0020|4000"].startswith("SYNTHETIC")
     assert not any(k.startswith("0010|") or PLANTED[0] in v for k, v in header.items())

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import torch
 from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
-from harmonia_plugins.cohorts.mnms import INFO_CSV, MnmsCohort, mnms_vendor
 from pydantic import ValidationError
 
 from harmonia.api import TwinSettings
-from harmonia.errors import DataError
+from harmonia.errors import DataError, UnreadableFile
 from harmonia.privacy import pseudonymize
+from harmonia_plugins.cohorts.mnms import INFO_CSV, MnmsCohort, mnms_vendor
 
 VENDORS = ["Siemens", "Philips", "GE", "Canon"]
 PATIENTS = 2
@@ -162,8 +162,14 @@ def test_vendor_names_alone_give_the_same_domains(copy, twin):
 
 @pytest.mark.parametrize(
     "text, vendor",
-    [("SIEMENS", "Siemens"), ("Philips Medical Systems", "Philips"), ("G.E. Medical Systems", "GE"),
-     ("Canon Medical Systems", "Canon"), ("TOSHIBA_MEC", None), ("Hitachi", None)],
+    [
+        ("SIEMENS", "Siemens"),
+        ("Philips Medical Systems", "Philips"),
+        ("G.E. Medical Systems", "GE"),
+        ("Canon Medical Systems", "Canon"),
+        ("TOSHIBA_MEC", None),
+        ("Hitachi", None),
+    ],
 )
 def test_only_the_four_mnms_vendors_are_accepted(text, vendor):
     assert mnms_vendor(text) == vendor
@@ -292,6 +298,22 @@ def image_missing(root: Path) -> str:
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_file(copy, damage):
     assert_one_line_data_error(damage(copy), lambda: load_all(copy))
+
+
+@pytest.mark.parametrize("damage", [truncate_image, corrupt_gzip])
+def test_an_unreadable_image_stops_the_load_or_is_skipped_and_listed(copy, damage):
+    culprit = damage(copy)
+    code, image = first_case(copy)
+    with pytest.raises(UnreadableFile) as caught:
+        load_all(copy)
+    assert culprit in str(caught.value) and "\n" not in str(caught.value)
+    c = cohort(copy, on_unreadable="skip")
+    index, items = index_and_items(c)
+    skipped = pseudonymize(code, "mnms")
+    assert set(items.patients) == set(index["patient"]) - {skipped} and len(items) > 0
+    [record] = c.unreadable
+    assert record.patient == skipped and record.file == c.file_reference(image, skipped)
+    assert code not in repr(record) and culprit not in record.reason
 
 
 def test_check_root_says_what_is_missing_and_how_to_get_it(copy, tmp_path):

@@ -11,11 +11,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 from cohort_checks import assert_one_line_data_error, index_and_items, private_copy
-from harmonia_plugins.cohorts.mri_prostate import MriProstateCohort
 
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError
 from harmonia.privacy import pseudonymize
+from harmonia_plugins.cohorts.mri_prostate import MriProstateCohort
 
 PATIENTS = 3
 SMALL = {"image_size": 48, "spacing_mm": 3.0}
@@ -87,7 +87,9 @@ def set_header(path: Path, key: str, value: str | None) -> None:
 def positive_case_without_human_mask(root: Path) -> str:
     table = marksheet(root)
     cases = table["patient_id"] + "_" + table["study_id"]
-    missing = [c for c, v in zip(cases, table["case_csPCa"]) if v == "YES" and not (root / HUMAN / f"{c}.nii.gz").exists()]
+    missing = [
+        c for c, v in zip(cases, table["case_csPCa"]) if v == "YES" and not (root / HUMAN / f"{c}.nii.gz").exists()
+    ]
     assert len(missing) == 1
     return missing[0]
 
@@ -289,8 +291,17 @@ def duplicate_image_folds(root: Path) -> str:
 
 @pytest.mark.parametrize(
     "damage",
-    [drop_marksheet, drop_outcome_column, bad_outcome, case_listed_twice, case_not_listed, vendor_key_absent,
-     truncate_t2w, shrink_mask, duplicate_image_folds],
+    [
+        drop_marksheet,
+        drop_outcome_column,
+        bad_outcome,
+        case_listed_twice,
+        case_not_listed,
+        vendor_key_absent,
+        truncate_t2w,
+        shrink_mask,
+        duplicate_image_folds,
+    ],
 )
 def test_malformed_input_is_a_one_line_data_error_naming_the_culprit(copy, damage):
     assert_one_line_data_error(damage(copy), lambda: load_all(copy))
@@ -307,10 +318,11 @@ def test_unreadable_files_are_recorded_and_skipped_when_asked(copy, damage, reas
     assert len(c.unreadable) == 1
     record = c.unreadable[0]
     assert reason in record.reason and record.patient == pseudonymize(raw_patient, "mri_prostate")
-    assert raw_patient not in record.file and record.file.endswith("_t2w.mha")
+    assert raw_patient not in record.file and record.file == c.file_reference(t2w_files(copy)[case], record.patient)
     assert set(items.domains) == {"Siemens", "Other"} and len(items) > 0
-    assert len(items) == sum(len(read(p)) for k, p in t2w_files(copy).items()
-                             if k != case and (copy / HUMAN / f"{k}.nii.gz").exists())
+    assert len(items) == sum(
+        len(read(p)) for k, p in t2w_files(copy).items() if k != case and (copy / HUMAN / f"{k}.nii.gz").exists()
+    )
 
 
 def test_check_root_says_what_is_missing_and_how_to_get_it(copy, tmp_path):

@@ -147,7 +147,9 @@ def test_unreadable_files_stop_the_run_or_are_listed_pseudonymised(registry, toy
     run = runner.run(toy_recipe, out=tmp_path / "run", registry=registry)
     listed = pd.read_csv(run.path / "unreadable.csv")
     assert listed[["cohort", "reason"]].values.tolist() == [["toy", "truncated file"], ["toy", "corrupt pixel data"]]
-    assert listed["patient"][0] == pseudonymize("A001", "toy") and listed["file"][0] == f"{listed['patient'][0]}.broken"
+    assert listed["patient"][0] == pseudonymize("A001", "toy") and listed["file"][0].startswith(
+        f"{listed['patient'][0]}/file-"
+    )
     assert run.manifest["unreadable_files"] == {"toy": 2}
     from harmonia.protocol import load_cohort
     from harmonia.recipe import load_recipe

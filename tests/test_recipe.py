@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from harmonia.errors import RecipeError
-from harmonia.recipe import key_path, load_recipe
+from harmonia.recipe import TrainSpec, _first_error, brief, key_path, load_recipe, load_yaml
 
 
 def write(tmp_path, data, name="recipe.yaml"):
@@ -41,7 +42,9 @@ def test_unknown_top_level_key(registry, toy_recipe, tmp_path):
 def test_unknown_plugin_suggests_the_closest(registry, toy_recipe, tmp_path):
     toy_recipe["mitigations"] = [{"plugin": "spy_mitigation"}, {"plugin": "spy_mitigatoin"}]
     message = error_of(tmp_path, toy_recipe, registry=registry)
-    assert "mitigations[1].plugin: unknown mitigation plugin 'spy_mitigatoin'; did you mean 'spy_mitigation'?" in message
+    assert (
+        "mitigations[1].plugin: unknown mitigation plugin 'spy_mitigatoin'; did you mean 'spy_mitigation'?" in message
+    )
 
 
 def test_wrong_type_in_plugin_params_names_the_key_path(registry, toy_recipe, tmp_path):
@@ -51,7 +54,9 @@ def test_wrong_type_in_plugin_params_names_the_key_path(registry, toy_recipe, tm
 
 def test_wrong_value_in_core_settings(registry, toy_recipe, tmp_path):
     toy_recipe["train"]["epochs"] = 0
-    assert "train.epochs: Input should be greater than or equal to 1" in error_of(tmp_path, toy_recipe, registry=registry)
+    assert "train.epochs: Input should be greater than or equal to 1" in error_of(
+        tmp_path, toy_recipe, registry=registry
+    )
 
 
 def test_unknown_plugin_param(registry, toy_recipe, tmp_path):
@@ -90,21 +95,33 @@ def test_overrides_set_nested_values_and_list_items(registry, toy_recipe, tmp_pa
 
 
 def test_override_errors_name_the_path(registry, toy_recipe, tmp_path):
-    assert "--set: mitigations.3: no list item 3" in error_of(tmp_path, toy_recipe, ["mitigations.3.plugin=x"], registry)
-    assert "train.epochs: Input should be a valid integer" in error_of(tmp_path, toy_recipe, ["train.epochs=many"], registry)
+    assert "--set: mitigations.3: no list item 3" in error_of(
+        tmp_path, toy_recipe, ["mitigations.3.plugin=x"], registry
+    )
+    assert "train.epochs: Input should be a valid integer" in error_of(
+        tmp_path, toy_recipe, ["train.epochs=many"], registry
+    )
 
 
 def test_sweep_expands_a_grid_in_order(registry, toy_recipe, tmp_path):
     toy_recipe["sweep"] = {"model.params.width": [2, 4], "train.lr": [0.1, 0.01]}
     points = load_recipe(write(tmp_path, toy_recipe), registry=registry).points
-    assert [(p.recipe.model.params["width"], p.recipe.train.lr) for p in points] == [(2, 0.1), (2, 0.01), (4, 0.1), (4, 0.01)]
+    assert [(p.recipe.model.params["width"], p.recipe.train.lr) for p in points] == [
+        (2, 0.1),
+        (2, 0.01),
+        (4, 0.1),
+        (4, 0.01),
+    ]
     assert points[3].values == {"model.params.width": 4, "train.lr": 0.01}
 
 
 def test_an_invalid_sweep_value_names_the_point(registry, toy_recipe, tmp_path):
     toy_recipe["sweep"] = {"model.params.width": [2, -1]}
     message = error_of(tmp_path, toy_recipe, registry=registry)
-    assert "model.params.width: Input should be greater than or equal to 1 (sweep point 1: model.params.width=-1)" in message
+    assert (
+        "model.params.width: Input should be greater than or equal to 1 (sweep point 1: model.params.width=-1)"
+        in message
+    )
 
 
 def test_incompatible_model_and_cohort(registry, toy_recipe, tmp_path):
@@ -122,3 +139,137 @@ def test_incompatible_model_and_cohort(registry, toy_recipe, tmp_path):
 @pytest.mark.parametrize("loc,expected", [(("a", 1, "b"), "a[1].b"), (("x",), "x"), ((), "")])
 def test_key_path(loc, expected):
     assert key_path(loc) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# Bad input that used to hang, run silently or be misread (issue 7)
+# ------------------------------------------------------------------------------------------------
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """YAML whose last anchor, ``l8``, expands to 9**9 (387 million) strings while parsing to a few lists."""
+    lines = [f"l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    lines += [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_anything_expands_it(registry, toy_recipe, tmp_path):
+    recipe = alias_bomb() + yaml.safe_dump(toy_recipe) + "sweep: {description: [*l8]}\n"
+    message = error_of(tmp_path, recipe, registry=registry)
+    assert "the recipe holds more than 100,000 values" in message
+
+
+def test_a_self_containing_value_is_refused(registry, toy_recipe, tmp_path):
+    recipe = yaml.safe_dump(toy_recipe) + "description: &loop [*loop]\n"
+    assert "more than 100,000 values" in error_of(tmp_path, recipe, registry=registry)
+
+
+def test_brief_reads_only_what_it_prints():
+    bomb = yaml.safe_load(alias_bomb())["l8"]
+    loop: list = []
+    loop.append(loop)
+    for value in (bomb, loop, "x" * 10**7, 2**100_000):
+        text = brief(value)
+        assert len(text) <= 80
+    assert brief(bomb).endswith("…") and brief({"a": [1, True, None]}) == '{"a":[1,true,null]}'
+
+
+def test_a_large_swept_value_is_cut_short_in_the_error(registry, toy_recipe, tmp_path):
+    toy_recipe["sweep"] = {"model.params.width": [list(range(5000))]}
+    message = error_of(tmp_path, toy_recipe, registry=registry)
+    echoed = message.partition("(sweep point 0: model.params.width=")[2]
+    assert echoed.startswith("[0,1,2,3,") and echoed.endswith("…)") and len(echoed) == 81
+
+
+def test_a_sweep_larger_than_the_cap_is_refused_before_expanding(registry, toy_recipe, tmp_path):
+    toy_recipe["sweep"] = {f"cohort.params.x{i}": list(range(10)) for i in range(6)}  # 10**6 points
+    message = error_of(tmp_path, toy_recipe, registry=registry)
+    assert message.endswith(
+        "sweep: the grid has 1,000,000 points, more than max_sweep_points (1,000); "
+        "to run it, set 'max_sweep_points: 1000000' in the recipe (or --set max_sweep_points=1000000)"
+    )
+
+
+def test_max_sweep_points_raises_the_cap_and_is_recorded(registry, toy_recipe, tmp_path):
+    toy_recipe["sweep"] = {"model.params.width": [1, 2], "train.lr": [0.1, 0.01]}
+    assert "more than max_sweep_points (3)" in error_of(tmp_path, toy_recipe, ["max_sweep_points=3"], registry)
+    experiment = load_recipe(write(tmp_path, toy_recipe), ["max_sweep_points=4"], registry)
+    assert len(experiment.points) == 4 and experiment.resolved["max_sweep_points"] == 4
+    assert "max_sweep_points: Input should be a valid integer" in error_of(
+        tmp_path, toy_recipe, ["max_sweep_points=true"], registry
+    )
+
+
+def test_a_set_on_a_key_the_sweep_sets_is_refused(registry, toy_recipe, tmp_path):
+    toy_recipe["sweep"] = {"train.lr": [0.1, 0.01]}
+    message = error_of(tmp_path, toy_recipe, ["train.lr=0.5"], registry)
+    assert message.endswith("--set train.lr=0.5: the sweep also sets train.lr; change the sweep or drop the --set")
+    assert "the sweep also sets train.lr" in error_of(tmp_path, toy_recipe, ["train={lr: 0.5}"], registry)
+    assert (
+        len(load_recipe(write(tmp_path, toy_recipe), ["train.epochs=1", "sweep={train.lr: [0.5]}"], registry).points)
+        == 1
+    )
+
+
+def test_a_duplicate_key_names_the_file_line_and_key(registry, tmp_path):
+    message = error_of(tmp_path, "name: x\ntrain:\n  lr: 0.1\n  epochs: 2\n  lr: 0.2\n", registry=registry)
+    assert message.endswith('line 5: invalid YAML: duplicate key "lr" (first on line 3)')
+
+
+def test_merge_keys_may_still_override_what_they_merge():
+    assert load_yaml("a: &base {k: 1, j: 2}\nb: {<<: *base, k: 3}\n")["b"] == {"k": 3, "j": 2}
+
+
+def test_a_duplicate_key_in_a_set_value_is_refused(registry, toy_recipe, tmp_path):
+    with pytest.raises(RecipeError, match=r'^--set train=\{lr: 1, lr: 2\}: duplicate key "lr" \(first on line 1\)$'):
+        load_recipe(write(tmp_path, toy_recipe), ["train={lr: 1, lr: 2}"], registry)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("train.lr=.inf", "train.lr: Input should be a finite number"),
+        ("train.lr=.nan", "train.lr: Input should be a finite number"),
+        ("cohort.synthetic.strength=.inf", "cohort.synthetic.strength: Input should be a finite number"),
+        (
+            "mitigations=[{plugin: dann, params: {weight: .nan}}]",
+            "mitigations[0].params.weight: Input should be a finite number",
+        ),
+    ],
+)
+def test_non_finite_numbers_are_refused(registry, toy_recipe, tmp_path, override, expected):
+    assert error_of(tmp_path, toy_recipe, [override], registry).endswith(expected)
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("train.epochs=true", "train.epochs: Input should be a number, not true/false"),
+        ("train.lr=false", "train.lr: Input should be a number, not true/false"),
+        ("train.amp=1", "train.amp: Input should be true or false, not a number"),
+        ("cohort.synthetic.patients=true", "cohort.synthetic.patients: Input should be a number, not true/false"),
+        ("model.params.width=true", "model.params.width: Input should be a number, not true/false"),
+        ("cohort.params.paired=0", "cohort.params.paired: Input should be true or false, not a number"),
+    ],
+)
+def test_booleans_and_numbers_do_not_pass_for_each_other(registry, toy_recipe, tmp_path, override, expected):
+    assert error_of(tmp_path, toy_recipe, [override], registry).endswith(expected)
+
+
+def test_lr_written_1e_4_is_a_number(registry, toy_recipe, tmp_path):
+    toy_recipe.pop("train")
+    recipe = yaml.safe_dump(toy_recipe) + "train: {epochs: 2, lr: 1e-4}\n"
+    assert load_recipe(write(tmp_path, recipe), registry=registry).points[0].recipe.train.lr == 0.0001
+
+
+def test_value_errors_from_validators_read_plainly(registry, toy_recipe, tmp_path):
+    message = error_of(tmp_path, toy_recipe, ["train.device=gpu"], registry)
+    assert message.endswith("train.device: must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
+def test_first_error_is_one_line_without_pydantic_s_url():
+    with pytest.raises(ValidationError) as info:
+        TrainSpec(epochs=0, lr="fast", device="gpu\nnext line")
+    message = _first_error(info.value, ("train",))
+    assert message == "train.epochs: Input should be greater than or equal to 1 (and 2 more errors)"
+    assert "http" in str(info.value) and "http" not in message

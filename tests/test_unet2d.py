@@ -27,7 +27,9 @@ def make(seed: int = 0, **params) -> UNet2D:
 def bottom_conv(model: UNet2D) -> nn.Conv2d:
     """The encoder's deepest convolution: the stride-1 one that outputs channels[-1]."""
     c = model.params.channels
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == c[-1] and m.in_channels == c[-2]]
+    convs = [
+        m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels == c[-1] and m.in_channels == c[-2]
+    ]
     return next(m for m in convs if m.kernel_size == (3, 3))
 
 

@@ -6,8 +6,9 @@ The toy cohort's domain B has inverted, rescaled intensities, so a model trained
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
@@ -137,7 +138,9 @@ class ToyNet(Model):
     def __init__(self, params: ToyNetParams, task: Task):
         super().__init__(params, task)
         w = params.width
-        self.encoder = nn.Sequential(nn.Conv2d(task.in_channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU())
+        self.encoder = nn.Sequential(
+            nn.Conv2d(task.in_channels, w, 3, padding=1), nn.ReLU(), nn.Conv2d(w, w, 3, padding=1), nn.ReLU()
+        )
         self.head = nn.Conv2d(w, task.num_classes, 1)
         self.feature_channels = w
 

@@ -7,9 +7,9 @@ name or instance number. Every failure to read a file is an :class:`UnreadableFi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pydicom
@@ -46,7 +46,9 @@ def read_dataset(path: Path, header_only: bool = False) -> Dataset:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except InvalidDicomError:
         if path.stat().st_size < 132:
-            raise UnreadableFile(path, f"only {path.stat().st_size} bytes: not DICOM, or truncated before its header") from None
+            raise UnreadableFile(
+                path, f"only {path.stat().st_size} bytes: not DICOM, or truncated before its header"
+            ) from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnreadableFile(path, f"corrupt or truncated DICOM ({one_line(exc)})") from exc
     # files written without the 128-byte preamble (older exports) are still DICOM when they parse as such
@@ -124,10 +126,14 @@ class SeriesInfo:
 
 def referenced_series(dataset: Dataset) -> tuple[str, ...]:
     """The image series an RTSTRUCT or SEG refers to (empty for an image)."""
-    uids = [item.SeriesInstanceUID for item in dataset.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in item]
+    uids = [
+        item.SeriesInstanceUID for item in dataset.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in item
+    ]
     for frame in dataset.get("ReferencedFrameOfReferenceSequence", []):
         for study in frame.get("RTReferencedStudySequence", []):
-            uids += [s.SeriesInstanceUID for s in study.get("RTReferencedSeriesSequence", []) if "SeriesInstanceUID" in s]
+            uids += [
+                s.SeriesInstanceUID for s in study.get("RTReferencedSeriesSequence", []) if "SeriesInstanceUID" in s
+            ]
     return tuple(dict.fromkeys(uids))
 
 
@@ -244,8 +250,13 @@ def read_dicom_file(path: Path) -> MedicalImage:
         axes = np.stack([row * dc, column * dr, normal * dz], axis=1)
     uid = str(dataset.get("SOPInstanceUID", ""))
     return MedicalImage(
-        array=values, spacing=spacing, path=path, origin=origin, axes=axes,
-        sop_instance_uids=(uid,) if uid else (), **_scanner_facts(dataset),
+        array=values,
+        spacing=spacing,
+        path=path,
+        origin=origin,
+        axes=axes,
+        sop_instance_uids=(uid,) if uid else (),
+        **_scanner_facts(dataset),
     )
 
 
@@ -297,7 +308,9 @@ def _slice_step(heights: np.ndarray, folder: Path, first: Dataset) -> float:
     steps = np.diff(heights)
     step = float(np.median(steps))
     if step <= 1e-3:
-        raise DataError(f"{folder}: several slices at the same position; is more than one series (or echo) in this folder?")
+        raise DataError(
+            f"{folder}: several slices at the same position; is more than one series (or echo) in this folder?"
+        )
     uneven = np.abs(steps - step) > SPACING_TOLERANCE * step + 1e-3
     if uneven.any():
         k = int(np.argmax(uneven))

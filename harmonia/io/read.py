@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from harmonia.errors import DataError
 from harmonia.io.dicom import find_series, looks_like_dicom, read_dicom_file, read_dicom_series
@@ -38,7 +38,9 @@ def read_image(source: Path | str | Sequence[Path | str], series_uid: str | None
 
 def _series_files(folder: Path, series_uid: str | None) -> tuple[Path, ...]:
     """The files of the one image series in ``folder``, or of ``series_uid``; DataError naming what is there."""
-    series = [s for s in find_series(folder) if s.uid == series_uid or (series_uid is None and not s.referenced_series_uids)]
+    series = [
+        s for s in find_series(folder) if s.uid == series_uid or (series_uid is None and not s.referenced_series_uids)
+    ]
     if not series:
         wanted = f"series {series_uid}" if series_uid else "an image series"
         raise DataError(f"{folder}: no DICOM files of {wanted} in this folder")

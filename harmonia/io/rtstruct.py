@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -52,7 +52,9 @@ def read_rtstruct(path: Path, image: MedicalImage, roi: RoiSelector) -> dict[str
         raise DataError(f"{path}: contours need a volume with world geometry; {image.path} has none")
     own_frame = frame_of_reference(dataset)
     if own_frame and image.frame_of_reference_uid and own_frame != image.frame_of_reference_uid:
-        raise DataError(f"{path}: drawn in frame of reference {own_frame}, but {image.path} is in {image.frame_of_reference_uid}")
+        raise DataError(
+            f"{path}: drawn in frame of reference {own_frame}, but {image.path} is in {image.frame_of_reference_uid}"
+        )
     wanted = _matcher(roi)
     names = {int(item.ROINumber): str(item.get("ROIName", "")) for item in dataset.StructureSetROISequence}
     masks: dict[str, np.ndarray] = {}
@@ -78,6 +80,8 @@ def _fill(mask: np.ndarray, points: np.ndarray, image: MedicalImage, path: Path,
     _, rows, cols = image.shape
     off = (k < 0) | (k >= image.shape[0]) | (index[:, 1] < -0.5).any() | (index[:, 1] > rows - 0.5).any()
     if off or (index[:, 2] < -0.5).any() or (index[:, 2] > cols - 0.5).any():
-        raise DataError(f"{path}: a contour of ROI '{name}' lies outside {image.path} ({image.shape[::-1]} voxels x, y, z)")
+        raise DataError(
+            f"{path}: a contour of ROI '{name}' lies outside {image.path} ({image.shape[::-1]} voxels x, y, z)"
+        )
     rr, cc = polygon(index[:, 1], index[:, 2], shape=(rows, cols))
     mask[k, rr, cc] ^= True

@@ -6,16 +6,16 @@ is byte-for-byte the same. Only axial slices with identity orientation are writt
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import pack_bits
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, UID, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from skimage.measure import find_contours
 
 #: SOP classes by modality; projection X-ray (DX/CR) series are single planar images
@@ -88,7 +88,12 @@ def _stored(slice_values: np.ndarray, modality: str) -> tuple[np.ndarray, dict[s
     """Stored pixel values and the tags that turn them back into native units (HU for CT)."""
     if modality == "CT":
         stored = np.clip(np.rint(slice_values - CT_INTERCEPT), -32768, 32767).astype(np.int16)
-        return stored, {"PixelRepresentation": 1, "RescaleIntercept": CT_INTERCEPT, "RescaleSlope": 1.0, "RescaleType": "HU"}
+        return stored, {
+            "PixelRepresentation": 1,
+            "RescaleIntercept": CT_INTERCEPT,
+            "RescaleSlope": 1.0,
+            "RescaleType": "HU",
+        }
     stored = np.clip(np.rint(slice_values), 0, 65535).astype(np.uint16)
     return stored, {"PixelRepresentation": 0}
 
@@ -161,13 +166,21 @@ def write_dicom_series(
         uids.append(sop_uid)
         headers.append(ds)
     return WrittenSeries(
-        files=tuple(files), sop_instance_uids=tuple(uids), series_uid=series_uid, study_uid=study_uid,
-        frame_of_reference_uid=frame_uid, sop_class_uid=SOP_CLASS[modality],
-        origin=(float(origin[0]), float(origin[1]), float(origin[2])), spacing=(dz, dr, dc), datasets=tuple(headers),
+        files=tuple(files),
+        sop_instance_uids=tuple(uids),
+        series_uid=series_uid,
+        study_uid=study_uid,
+        frame_of_reference_uid=frame_uid,
+        sop_class_uid=SOP_CLASS[modality],
+        origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+        spacing=(dz, dr, dc),
+        datasets=tuple(headers),
     )
 
 
-def _derived(series: WrittenSeries, modality: str, sop_class: str, name: str, patient_name: str, patient_id: str) -> Dataset:
+def _derived(
+    series: WrittenSeries, modality: str, sop_class: str, name: str, patient_name: str, patient_id: str
+) -> Dataset:
     """The header shared by objects derived from ``series`` (RTSTRUCT, SEG): same patient, study and frame."""
     sop_uid = str(_uid(modality, series.series_uid, name))
     ds = Dataset()
@@ -195,7 +208,9 @@ def write_rtstruct(
     ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "twin", "20200101", "120000"
     referenced_series = Dataset()
     referenced_series.SeriesInstanceUID = series.series_uid
-    referenced_series.ContourImageSequence = DicomSequence([_image_reference(series, k) for k in range(len(series.files))])
+    referenced_series.ContourImageSequence = DicomSequence(
+        [_image_reference(series, k) for k in range(len(series.files))]
+    )
     study = Dataset()
     study.ReferencedSOPClassUID, study.ReferencedSOPInstanceUID = STUDY_COMPONENT_CLASS, series.study_uid
     study.RTReferencedSeriesSequence = DicomSequence([referenced_series])
@@ -273,12 +288,17 @@ def write_seg(
     shared, measures, orientation = Dataset(), Dataset(), Dataset()
     measures.PixelSpacing, measures.SliceThickness, measures.SpacingBetweenSlices = [dr, dc], dz, dz
     orientation.ImageOrientationPatient = IDENTITY_ORIENTATION
-    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = DicomSequence([measures]), DicomSequence([orientation])
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = (
+        DicomSequence([measures]),
+        DicomSequence([orientation]),
+    )
     ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
     ds.PerFrameFunctionalGroupsSequence = DicomSequence(per_frame)
     reference = Dataset()
     reference.SeriesInstanceUID = series.series_uid
-    reference.ReferencedInstanceSequence = DicomSequence([_image_reference(series, k) for k in range(len(series.files))])
+    reference.ReferencedInstanceSequence = DicomSequence(
+        [_image_reference(series, k) for k in range(len(series.files))]
+    )
     ds.ReferencedSeriesSequence = DicomSequence([reference])
     ds.NumberOfFrames = len(frames)
     ds.PixelData = pack_bits(np.stack(frames).astype(np.uint8)) if frames else b""
@@ -288,7 +308,9 @@ def write_seg(
 def _frame_groups(series: WrittenSeries, k: int, segment: int) -> Dataset:
     """Per-frame description: which slice it lies on (by reference and by position) and which segment it holds."""
     source = _image_reference(series, k)
-    source.PurposeOfReferenceCodeSequence = DicomSequence([_code("121322", "Source image for image processing operation")])
+    source.PurposeOfReferenceCodeSequence = DicomSequence(
+        [_code("121322", "Source image for image processing operation")]
+    )
     source.PurposeOfReferenceCodeSequence[0].CodingSchemeDesignator = "DCM"
     derivation = Dataset()
     derivation.SourceImageSequence = DicomSequence([source])
@@ -305,7 +327,11 @@ def _frame_groups(series: WrittenSeries, k: int, segment: int) -> Dataset:
 
 
 def write_mha(
-    path: Path, array: np.ndarray, spacing: Sequence[float], metadata: Mapping[str, str], origin: Sequence[float] | None = None
+    path: Path,
+    array: np.ndarray,
+    spacing: Sequence[float],
+    metadata: Mapping[str, str],
+    origin: Sequence[float] | None = None,
 ) -> Path:
     """Write a compressed MetaImage (``(z, y, x)`` or ``(y, x)``, spacing in mm per array axis) with header keys
     (and the synthetic note under ``0020|4000``)."""

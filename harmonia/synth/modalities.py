@@ -8,7 +8,7 @@ vendor deviates from neutral at strength 1. A vendor's deviations are fixed by h
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -143,9 +143,7 @@ def signature_for(
     log_gain_sd, offset_sd = scale["contrast"] * s.contrast_log_gain, scale["contrast"] * s.contrast_offset
 
     return ScannerSignature(
-        contrast=Contrast(
-            key=key if log_gain_sd or offset_sd else 0, log_gain_sd=log_gain_sd, offset_sd=offset_sd
-        ),
+        contrast=Contrast(key=key if log_gain_sd or offset_sd else 0, log_gain_sd=log_gain_sd, offset_sd=offset_sd),
         psf=Psf(sigma=base.psf.sigma * math.exp(scale["psf"] * s.psf_log_sigma * d[0])),
         noise=Noise(
             level=base.noise.level * math.exp(scale["noise"] * s.noise_log_level * d[1]),

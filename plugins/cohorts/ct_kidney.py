@@ -16,46 +16,30 @@ folder name (the KiTS ID) leaves this module only as a pseudonym.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, CohortParams, ImageSet, ItemsBuilder, RegexPattern, Task, TwinSettings, require_known
-from harmonia.errors import DataError, UnreadableFile
-from harmonia.geometry import to_grid
+from harmonia.api import Cohort, Items, PatientRecord, RegexPattern, Task, TwinSettings
+from harmonia.ct import SliceParams, hu_to_grid
+from harmonia.domains import OTHER, series_vendor, vendor_or_other
+from harmonia.errors import DataError
 from harmonia.io import SeriesInfo, find_series, read_image, read_seg, seg_segment_labels
-from harmonia.privacy import pseudonymize
+from harmonia.patient_folders import patient_folders, readable_series
 from harmonia_plugins.cohorts.ct_kidney_twin import write_twin
 
 COLLECTION = "C4KC-KiTS"
-DOMAINS = ("Siemens", "Other")
-#: HU of the air that pads slices whose field of view is smaller than the item's
-AIR_HU = -1024.0
+PATIENT_FOLDER = re.compile(r"KiTS-\d+", re.IGNORECASE)
+DOMAINS = ("Siemens", OTHER)
 OBTAIN = (
     "download the C4KC-KiTS collection from TCIA (https://www.cancerimagingarchive.net/collection/c4kc-kits/, "
     "doi:10.7937/TCIA.2019.IX49E8NX) with the NBIA Data Retriever and point cohort.root (or "
     "$HARMONIA_DATA/ct_kidney) at the folder holding C4KC-KiTS/"
 )
-
-
-class SliceParams(CohortParams):
-    """The geometry every axial CT slice is brought to (shared with ``ct_recon``)."""
-
-    image_size: int = Field(
-        128, ge=16, le=1024, description="side of the square slice in pixels, after resampling (centre crop or pad)"
-    )
-    spacing_mm: float = Field(
-        3.0,
-        gt=0,
-        le=10,
-        description="in-plane pixel size in mm every slice is resampled to; field of view = image_size x spacing_mm",
-    )
 
 
 class KidneyParams(SliceParams):
@@ -75,12 +59,11 @@ class KidneyParams(SliceParams):
         False, description="only slices where the SEG marks kidney or tumour are candidates (False: every slice)"
     )
 
-@dataclass(frozen=True)
-class Case:
-    """One patient as the loader knows it; ``raw_id`` is the folder name and never leaves this module."""
 
-    raw_id: str
-    domain: str
+@dataclass(frozen=True)
+class Case(PatientRecord):
+    """One patient (``raw_id`` is the folder name): the segmented CT series and its SEG file."""
+
     ct: SeriesInfo
     seg: Path
 
@@ -90,18 +73,9 @@ class Case:
 # --------------------------------------------------------------------------------------------
 
 
-def collection_folder(root: Path) -> Path:
-    """The folder holding the patient folders: ``<root>/C4KC-KiTS``, ``<root>/manifest-*/C4KC-KiTS``, else ``root``."""
-    for candidate in (root / COLLECTION, *sorted(root.glob(f"manifest-*/{COLLECTION}"))):
-        if candidate.is_dir():
-            return candidate
-    return root
-
-
-def patient_folders(root: Path) -> list[Path]:
-    """Every patient folder of the download, sorted by name (hidden folders are skipped)."""
-    folder = collection_folder(root)
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+def kits_folders(root: Path) -> dict[str, Path]:
+    """Folder name -> folder of every KiTS-NNNNN patient folder of the download."""
+    return patient_folders(root, COLLECTION, lambda name: name if PATIENT_FOLDER.fullmatch(name) else None)
 
 
 def pair_seg_with_ct(folder: Path, series: list[SeriesInfo]) -> tuple[SeriesInfo, SeriesInfo]:
@@ -135,24 +109,9 @@ def pair_seg_with_ct(folder: Path, series: list[SeriesInfo]) -> tuple[SeriesInfo
     raise DataError(f"{segs[0].files[0]}: the SEG names no referenced series and {folder} holds {len(cts)} CT series")
 
 
-def domain_of(ct: SeriesInfo) -> str:
-    """``Siemens`` or ``Other`` from the CT's Manufacturer; DataError when the tag is absent or empty."""
-    if not ct.manufacturer.strip():
-        raise DataError(
-            f"{ct.files[0]}: no Manufacturer (0008,0070) in the CT header, so its scanner domain "
-            f"(Siemens or Other) is unknown"
-        )
-    return "Siemens" if ct.vendor == "Siemens" else "Other"
-
-
 # --------------------------------------------------------------------------------------------
 # Slices
 # --------------------------------------------------------------------------------------------
-
-
-def hu_to_grid(volume: np.ndarray, spacing_xy: tuple[float, float], size: int, target_mm: float) -> np.ndarray:
-    """CT slices resampled by :func:`to_grid`, padded with air (-1024 HU) instead of water (0 HU)."""
-    return to_grid(volume, spacing_xy, size, target_mm, 1, fill=AIR_HU)
 
 
 def tumour_segments(seg: Path, pattern: re.Pattern) -> list[int]:
@@ -195,43 +154,19 @@ class KidneyCohort(Cohort):
     def domains(self) -> list[str]:
         return list(DOMAINS)
 
-    @cached_property
-    def _cases(self) -> dict[str, Case]:
-        """Pseudonym -> case of every readable patient folder, in folder-name order."""
-        cases = {}
-        for folder in patient_folders(self.root):
-            case = self._case(folder)
-            if case is not None:
-                cases[pseudonymize(case.raw_id, self.name)] = case
-        return cases
+    @property
+    def item_shape(self) -> tuple[int, int]:
+        return (self.params.image_size, self.params.image_size)
 
-    def _case(self, folder: Path) -> Case | None:
-        """The case of one patient folder; None when a file is unreadable and ``on_unreadable`` is skip."""
-        unreadable: list[UnreadableFile] = []
-        series = find_series(folder, on_unreadable=unreadable.append)
-        for error in unreadable:
-            self.unreadable_file(error, folder.name)
-        if unreadable:
-            return None
-        seg, ct = pair_seg_with_ct(folder, series)
-        return Case(raw_id=folder.name, domain=domain_of(ct), ct=ct, seg=seg.files[0])
+    def records(self) -> Iterator[Case]:
+        """Every patient folder whose files are readable, in folder-name order."""
+        for raw_id, folder in kits_folders(self.root).items():
+            series = readable_series(folder, lambda error, raw_id=raw_id: self.unreadable_file(error, raw_id))
+            if series is not None:
+                seg, ct = pair_seg_with_ct(folder, series)
+                yield Case(raw_id=raw_id, domain=vendor_or_other(series_vendor(ct), "Siemens"), ct=ct, seg=seg.files[0])
 
-    def index(self) -> pd.DataFrame:
-        rows = [{"patient": p, "domain": c.domain, "stratum": None} for p, c in self._cases.items()]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
-
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        require_known(patients, self._cases)
-        items = ItemsBuilder((self.params.image_size, self.params.image_size))
-        for patient in dict.fromkeys(patients):
-            case = self._cases[patient]
-            try:
-                items.add(*self._slices(case), patient, case.domain)
-            except UnreadableFile as error:
-                self.unreadable_file(error, case.raw_id)
-        return items.image_set()
-
-    def _slices(self, case: Case) -> tuple[np.ndarray, np.ndarray]:
+    def read_items(self, case: Case) -> Items:
         """The items of one patient: ``[n, H, W]`` float32 HU slices and their int64 tumour labels."""
         p = self.params
         image = read_image(list(case.ct.files))
@@ -247,10 +182,10 @@ class KidneyCohort(Cohort):
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder; expected the C4KC-KiTS download here; {OBTAIN}")
-        folders = patient_folders(root)
+        folders = list(kits_folders(root).values())
         if not folders:
             raise DataError(f"{root}: no patient folders (C4KC-KiTS/KiTS-NNNNN/<study>/<series>/*.dcm) found; {OBTAIN}")
-        domain_of(pair_seg_with_ct(folders[0], find_series(folders[0]))[1])
+        series_vendor(pair_seg_with_ct(folders[0], find_series(folders[0]))[1])
 
     @classmethod
     def write_twin(cls, out: Path, settings: TwinSettings) -> None:

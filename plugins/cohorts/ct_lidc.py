@@ -20,34 +20,32 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import pydicom
 from pydantic import Field, PositiveInt
 from scipy.cluster.hierarchy import fclusterdata
 from skimage.draw import polygon
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, CohortParams, ImageSet, ItemsBuilder, Task, TwinSettings, require_known
+from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
+from harmonia.ct import AIR_HU
+from harmonia.domains import OTHER, series_vendor, vendor_or_other
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.geometry import crop_around
-from harmonia.io import MedicalImage, SeriesInfo, find_series, read_image
-from harmonia.privacy import pseudonymize
+from harmonia.io import MedicalImage, SeriesInfo, read_image
+from harmonia.patient_folders import patient_folders, readable_series
 from harmonia_plugins.cohorts.ct_lidc_twin import write_twin
 
 COLLECTION = "LIDC-IDRI"
 PATIENT_FOLDER = re.compile(r"LIDC-IDRI-\d{4}", re.IGNORECASE)
-DOMAINS = ["GE", "Other"]
+DOMAINS = ["GE", OTHER]
 CLASS_NAMES = ("benign", "malignant")
 #: median malignancy ratings kept, and their class
 CLASS_OF_RATING = {1: 0, 5: 1}
-#: HU of the padding where a crop leaves the image
-AIR_HU = -1000.0
 OBTAIN = (
     "download LIDC-IDRI from TCIA (https://doi.org/10.7937/K9/TCIA.2015.LO9QL9SX) with the NBIA Data Retriever "
     "(the CT series come with their reader XML) and point cohort.root (or $HARMONIA_DATA/ct_lidc) at the folder "
@@ -204,39 +202,21 @@ def slice_locator(image: MedicalImage, xml: Path) -> Callable[[Outline], float]:
 # --------------------------------------------------------------------------------------------
 
 
+#: one extreme-rated nodule: its class and the readers' annotations of it
+Nodule = tuple[int, tuple[Annotation, ...]]
+
+
 @dataclass(frozen=True)
-class Scan:
-    """One annotated CT series and its extreme-rated nodules (class, annotations)."""
+class Scan(PatientRecord):
+    """One annotated CT series of a patient and its extreme-rated nodules; ``stratum`` is the patient's label."""
 
     series: SeriesInfo
-    nodules: tuple[tuple[int, tuple[Annotation, ...]], ...]
+    nodules: tuple[Nodule, ...]
 
 
-@dataclass(frozen=True)
-class Case:
-    """One patient with at least one extreme-rated nodule; ``raw_id`` never leaves this module."""
-
-    raw_id: str
-    domain: str
-    scans: tuple[Scan, ...]
-
-    @property
-    def label(self) -> int:
-        """The patient-level label: malignant if any nodule is."""
-        return max(label for scan in self.scans for label, _ in scan.nodules)
-
-
-def patient_folders(root: Path) -> list[Path]:
-    """The LIDC-IDRI-NNNN folders under ``LIDC-IDRI/`` or directly under ``root``."""
-    folders: dict[str, Path] = {}
-    for parent in (root / COLLECTION, root):
-        if not parent.is_dir():
-            continue
-        for folder in sorted(p for p in parent.iterdir() if p.is_dir() and PATIENT_FOLDER.fullmatch(p.name)):
-            if folder.name.upper() in folders:
-                raise DataError(f"{folder}: the same patient is also in {folders[folder.name.upper()]}; keep one copy")
-            folders[folder.name.upper()] = folder
-    return list(folders.values())
+def lidc_folders(root: Path) -> dict[str, Path]:
+    """Upper-cased name -> folder of every LIDC-IDRI-NNNN patient folder."""
+    return patient_folders(root, COLLECTION, lambda name: name.upper() if PATIENT_FOLDER.fullmatch(name) else None)
 
 
 def pixel_spacing(series: SeriesInfo) -> tuple[float, float]:
@@ -245,15 +225,6 @@ def pixel_spacing(series: SeriesInfo) -> tuple[float, float]:
     if "PixelSpacing" not in header:
         raise DataError(f"{series.files[0]}: CT slice without PixelSpacing")
     return float(header.PixelSpacing[0]), float(header.PixelSpacing[1])
-
-
-def domain_of(series: SeriesInfo) -> str:
-    """GE or Other from the series' Manufacturer; DataError naming a file when the tag is absent."""
-    if not series.manufacturer.strip():
-        raise DataError(
-            f"{series.files[0]}: no Manufacturer (0008,0070) in the CT series; expected e.g. 'GE MEDICAL SYSTEMS'"
-        )
-    return "GE" if series.vendor == "GE" else "Other"
 
 
 class CtLidcCohort(Cohort):
@@ -270,67 +241,59 @@ class CtLidcCohort(Cohort):
     def domains(self) -> list[str]:
         return list(DOMAINS)
 
-    @cached_property
-    def _cases(self) -> dict[str, Case]:
-        """Pseudonym -> case of every patient with an extreme-rated nodule on a readable CT series."""
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        return tuple(self.params.roi)
+
+    def records(self) -> Iterator[Scan]:
+        """The annotated CT series of every patient with an extreme-rated nodule (malignant if any nodule is)."""
         self.check_root(self.root)
-        cases = {}
-        for folder in patient_folders(self.root):
-            try:
-                scans = self._scans(folder)
-            except UnreadableFile as error:
-                self.unreadable_file(error, folder.name)
+        for folder in lidc_folders(self.root).values():
+            series = readable_series(folder, lambda error, name=folder.name: self.unreadable_file(error, name))
+            scans = (
+                None
+                if series is None
+                else self.skip_unreadable(folder.name, lambda series=series: self._annotated(series))
+            )
+            if scans is None:
                 continue
             if not scans:
                 self.exclude(folder.name, "no nodule rated 1 or 5")
                 continue
-            domains = {domain_of(scan.series) for scan in scans}
+            domains = {vendor_or_other(series_vendor(ct), "GE") for ct, _ in scans}
             if len(domains) > 1:
                 raise DataError(f"{folder}: annotated CT series of different domains ({sorted(domains)}); expected one")
-            cases[pseudonymize(folder.name, self.name)] = Case(folder.name, domains.pop(), tuple(scans))
-        return cases
+            domain, label = domains.pop(), max(label for _, nodules in scans for label, _ in nodules)
+            for ct, nodules in scans:
+                yield Scan(raw_id=folder.name, domain=domain, stratum=CLASS_NAMES[label], series=ct, nodules=nodules)
 
-    def _scans(self, folder: Path) -> list[Scan]:
-        """The patient's CT series that have extreme-rated nodules; UnreadableFile for the first unreadable file."""
-        unreadable: list[UnreadableFile] = []
-        series = find_series(folder, on_unreadable=unreadable.append)
-        if unreadable:
-            raise unreadable[0]
+    def _annotated(self, series: list[SeriesInfo]) -> list[tuple[SeriesInfo, tuple[Nodule, ...]]]:
+        """The CT series that have extreme-rated nodules, with those nodules; UnreadableFile for a malformed XML."""
         scans = []
         for ct in (s for s in series if s.modality == "CT"):
             annotations = [a for xml in sorted(ct.folder.glob("*.xml")) for a in read_annotations(xml, ct.uid)]
             found = nodules(annotations, pixel_spacing(ct), self.params.cluster_mm) if annotations else []
             if found:
-                scans.append(Scan(ct, tuple(found)))
+                scans.append((ct, tuple(found)))
         return scans
 
-    def index(self) -> pd.DataFrame:
-        rows = [{"patient": p, "domain": c.domain, "stratum": CLASS_NAMES[c.label]} for p, c in self._cases.items()]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
-
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        require_known(patients, self._cases)
-        items = ItemsBuilder(self.params.roi)
-        for patient in patients:
-            case = self._cases[patient]
-            for scan in case.scans:
-                try:
-                    image = read_image(list(scan.series.files))
-                except UnreadableFile as error:
-                    self.unreadable_file(error, case.raw_id)
-                    continue
-                for label, members in scan.nodules:
-                    locate = slice_locator(image, members[0].xml)
-                    centre = np.mean([centroid(a, locate) for a in members], axis=0)
-                    items.add(crop_around(image.array, centre, self.params.roi, fill=AIR_HU), [label], patient, case.domain)
-        return items.image_set()
+    def read_items(self, scan: Scan) -> Items:
+        """A crop at each nodule's centroid (the mean of its readers' centroids), in HU, and the nodule's class."""
+        image = read_image(list(scan.series.files))
+        crops, labels = [], []
+        for label, members in scan.nodules:
+            locate = slice_locator(image, members[0].xml)
+            centre = np.mean([centroid(a, locate) for a in members], axis=0)
+            crops.append(crop_around(image.array, centre, self.params.roi, fill=AIR_HU))
+            labels.append(label)
+        return np.array(crops), np.array(labels)
 
     @classmethod
     def check_root(cls, root: Path) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder; {OBTAIN}")
-        if not patient_folders(root):
+        if not lidc_folders(root):
             raise DataError(f"{root}: no LIDC-IDRI-NNNN patient folders in {COLLECTION}/ or at the root; {OBTAIN}")
 
     @classmethod

@@ -18,23 +18,23 @@ Raw patient IDs leave this module only as pseudonyms.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from pydantic import Field
 from scipy import ndimage
 
 from harmonia import hookimpl
-from harmonia.api import RegexPattern, Task, TwinSettings
+from harmonia.api import Items, RegexPattern, Task, TwinSettings
+from harmonia.contoured_ct import ContouredCtCohort, ContouredPatient, GtvParams
+from harmonia.ct import AIR_HU
 from harmonia.errors import DataError
 from harmonia.geometry import crop_around
 from harmonia.io import MedicalImage
-from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.ct_hnscc import AIR_HU, ContouredCtCohort, GtvParams, Patient
+from harmonia.sheets import column_key, header_row, read_table
 from harmonia_plugins.cohorts.ct_oropharyngeal_twin import write_twin
 
 CLASS_NAMES = ("HPV negative", "HPV positive")
@@ -74,11 +74,6 @@ NEGATIVE = ("negative", "neg", "no", "n", "-", "0", "0.0", "p16-", "hpv-")
 UNKNOWN = ("", "unknown", "not", "n/a", "na", "nan", "equivocal", "?", "pending", "missing")
 #: how many leading rows may precede the header row (title lines some exports add)
 HEADER_SEARCH_ROWS = 10
-
-
-def normalized(name: object) -> str:
-    """A column name reduced to lower-case letters and digits, so spelling variants compare equal."""
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
 def patient_key(raw_id: str) -> str:
@@ -169,29 +164,13 @@ def find_clinical_sheet(root: Path, collection: str, name: str | None) -> Path:
     return found[0]
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """Every cell of the sheet as text, no header row taken yet; DataError if the file cannot be read."""
-    try:
-        if path.suffix.lower() == ".csv":
-            return pd.read_csv(path, header=None, dtype=str, sep=None, engine="python", keep_default_na=False)
-        return pd.read_excel(path, header=None, dtype=str, keep_default_na=False)
-    except ImportError as exc:
-        raise DataError(
-            f"{path}: reading {path.suffix} needs openpyxl/xlrd ({exc}); install it or save the sheet as CSV"
-        ) from exc
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(
-            f"{path}: unreadable clinical sheet ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
-        ) from exc
-
-
 def pick_column(header: list[str], spellings: Sequence[str], what: str, path: Path, given: str | None) -> int:
     """Position of the one header cell that is ``given`` or a known spelling; DataError if none or several."""
     if given is not None:
         hits = [i for i, name in enumerate(header) if name.strip() == given.strip()]
     else:
-        known = {normalized(s) for s in spellings}
-        hits = [i for i, name in enumerate(header) if normalized(name) in known]
+        known = {column_key(s) for s in spellings}
+        hits = [i for i, name in enumerate(header) if column_key(name) in known]
     if not hits:
         expected = repr(given) if given is not None else f"one of {list(spellings)}"
         raise DataError(f"{path}: no {what} column ({expected}); found {header}")
@@ -204,22 +183,18 @@ def pick_column(header: list[str], spellings: Sequence[str], what: str, path: Pa
 
 def read_clinical_sheet(path: Path, hpv_column: str | None) -> ClinicalSheet:
     """Patient keys and HPV labels of the sheet; its header is the first row naming a patient ID column."""
-    table = read_table(path)
-    ids = {normalized(s) for s in ID_SPELLINGS}
-    header_row = next(
-        (i for i in range(min(HEADER_SEARCH_ROWS, len(table))) if any(normalized(v) in ids for v in table.iloc[i])),
-        None,
-    )
-    if header_row is None:
+    table = read_table(path, "clinical sheet", header=None, dtype=str, keep_default_na=False, sep=None, engine="python")
+    header = header_row(table, {column_key(s) for s in ID_SPELLINGS}, HEADER_SEARCH_ROWS)
+    if header is None:
         first = [str(v) for v in table.iloc[0]] if len(table) else []
         raise DataError(f"{path}: no patient ID column (one of {list(ID_SPELLINGS)}) in its first rows; found {first}")
-    header = [str(v).strip() for v in table.iloc[header_row]]
-    id_col = pick_column(header, ID_SPELLINGS, "patient ID", path, None)
-    hpv_col = pick_column(header, HPV_SPELLINGS, "HPV/p16 status", path, hpv_column)
+    names = [str(v).strip() for v in table.iloc[header]]
+    id_col = pick_column(names, ID_SPELLINGS, "patient ID", path, None)
+    hpv_col = pick_column(names, HPV_SPELLINGS, "HPV/p16 status", path, hpv_column)
     labels: dict[str, int | None] = {}
     lines: dict[str, int] = {}
-    for offset, row in enumerate(table.iloc[header_row + 1 :].itertuples(index=False)):
-        line = header_row + 2 + offset
+    for offset, row in enumerate(table.iloc[header + 1 :].itertuples(index=False)):
+        line = header + 2 + offset
         raw = str(row[id_col]).strip()
         if not raw:
             continue
@@ -229,7 +204,7 @@ def read_clinical_sheet(path: Path, hpv_column: str | None) -> ClinicalSheet:
         try:
             labels[key] = hpv_label(row[hpv_col])
         except ValueError as exc:
-            raise DataError(f"{path} line {line}, column {header[hpv_col]!r}: {exc}") from exc
+            raise DataError(f"{path} line {line}, column {names[hpv_col]!r}: {exc}") from exc
         lines[key] = line
     return ClinicalSheet(path, labels)
 
@@ -299,13 +274,12 @@ class OropharyngealCohort(ContouredCtCohort):
     def item_shape(self) -> tuple[int, ...]:
         return (self.params.roi_size,) * 3
 
-    def find_patients(self) -> dict[str, Patient]:
+    def records(self) -> Iterator[ContouredPatient]:
         """Every patient with an HPV status, a contoured CT and a GE or Toshiba scanner, in folder order."""
         folders = self.folders()
         listed = {patient_key(raw_id) for raw_id in folders}
         for key in sorted(set(self.sheet.labels) - listed):
             self.exclude(key, "listed in the clinical sheet, no images")
-        patients = {}
         for raw_id, folder in folders.items():
             key = patient_key(raw_id)
             if key not in self.sheet.labels:
@@ -321,10 +295,9 @@ class OropharyngealCohort(ContouredCtCohort):
             if domain is None:
                 self.exclude(raw_id, f"scanner vendor {case.vendor!r} is neither GE nor Toshiba")
                 continue
-            patients[pseudonymize(raw_id, self.name)] = Patient(raw_id, domain, case, label)
-        return patients
+            yield self.patient(raw_id, domain, case, label)
 
-    def items(self, patient: Patient, image: MedicalImage, tumour: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def items(self, patient: ContouredPatient, image: MedicalImage, tumour: np.ndarray) -> Items:
         """One cube of HU centred on the primary tumour's centroid, labelled with the patient's HPV status."""
         cube = cube_around(image, centroid(tumour), self.params.roi_size, self.params.spacing_mm)
         return cube[None].astype(np.float32), np.array([patient.label], np.int64)

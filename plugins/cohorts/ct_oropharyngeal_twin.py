@@ -5,10 +5,9 @@ Written in the layout the loader expects (see :mod:`harmonia_plugins.cohorts.ct_
     <out>/OPC-Radiomics-Clinical-Data.xlsx
     <out>/OPC-Radiomics/OPC-NNNNN/<MM-DD-YYYY-NA-study-NNNNN>/<N.000000-series-NNNNN>/1-NNN.dcm
 
-The neck phantom, its scanning and the DICOM writing are those of the HNSCC twin
-(:mod:`harmonia_plugins.cohorts.ct_hnscc_twin`); each patient has a primary tumour beside the
-airway and a nodal metastasis, contoured as a primary GTV and a nodal GTV. The HPV signal is a
-simple phantom property chosen for this twin, not a model of real tumours: HPV-positive primaries
+The neck phantom, its scanning and the DICOM writing are :mod:`harmonia.synth.head_neck`'s; each
+patient has a primary tumour beside the airway and a nodal metastasis, contoured as a primary GTV
+and a nodal GTV. The HPV signal is a simple phantom property chosen for this twin, not a model of real tumours: HPV-positive primaries
 are smaller and rounder and their node has a cystic (fluid, ~15 HU) core; HPV-negative primaries
 are larger and lobulated with a solid node. ``difficulty`` shrinks the size and margin difference
 and fills the cyst towards solid tumour. The two domains' scanners are written as
@@ -24,7 +23,7 @@ import pandas as pd
 
 from harmonia.api import TwinSettings
 from harmonia.seeding import derive_seed
-from harmonia_plugins.cohorts.ct_hnscc_twin import (
+from harmonia.synth.head_neck import (
     Identity,
     Lesion,
     Neck,

@@ -20,22 +20,19 @@ axial slices that contain liver, with the mask as the label map.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-import pandas as pd
 from pydantic import Field, field_validator
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, ImageSet, ItemsBuilder, Task, TwinSettings, require_known
-from harmonia.errors import DataError, UnreadableFile
+from harmonia.api import Cohort, Items, PatientRecord, Task, TwinSettings
+from harmonia.ct import SliceParams, hu_to_grid
+from harmonia.errors import DataError
 from harmonia.geometry import to_grid
 from harmonia.io import MedicalImage, find_series, read_image, read_seg, seg_segment_labels
-from harmonia.privacy import pseudonymize
-from harmonia_plugins.cohorts.ct_kidney import SliceParams, hu_to_grid
 from harmonia_plugins.cohorts.ct_recon_twin import write_twin
 
 #: seed 003's reconstructions, in the order of its tables
@@ -45,8 +42,13 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 MASK_NAMES = ("liver_mask", "livermask", "liver_seg", "liver")
 #: names (lower case, without spaces, '-', '_' and '.') of the non-mono-energetic reconstructions
 ALIASES = {
-    "fbp": "FBP", "filteredbackprojection": "FBP",
-    "oc": "OC", "opt": "OC", "optimum": "OC", "optimumcontrast": "OC", "optimalcontrast": "OC",
+    "fbp": "FBP",
+    "filteredbackprojection": "FBP",
+    "oc": "OC",
+    "opt": "OC",
+    "optimum": "OC",
+    "optimumcontrast": "OC",
+    "optimalcontrast": "OC",
 }
 #: iterative reconstructions by generic and vendor name, optionally followed by a strength (SAFIRE 3, ADMIRE 2)
 ITERATIVE = re.compile(r"^(ir|iterative|iterativereconstruction|hybridir|safire|admire|idose4?|asirv?|aidr3d|aidr)\d*$")
@@ -245,6 +247,23 @@ def read_seg_mask(folder: Path, reference: MedicalImage) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Reconstruction(PatientRecord):
+    """One reconstruction (the ``domain``) of an exam (``raw_id`` is the exam folder's name)."""
+
+    exam: Exam
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What every reconstruction of an exam is read against: the reference volume, the kept slices and their labels."""
+
+    folder: Path
+    image: MedicalImage
+    keep: np.ndarray
+    labels: np.ndarray
+
+
 class ReconCohort(Cohort):
     """Paired CT reconstructions (FBP, IR, 40/60/80 keV, optimum contrast) of the same exams: liver segmentation."""
 
@@ -256,13 +275,19 @@ class ReconCohort(Cohort):
 
     task = Task(kind="segmentation", class_names=("background", "liver"), spatial_dims=2)
 
+    #: the reference of the exam read last, which its other reconstructions are read against next
+    _reference: Reference | None = None
+
     def domains(self) -> list[str]:
         return list(self.params.domains)
 
-    @cached_property
-    def _exams(self) -> dict[str, Exam]:
-        """Pseudonym -> exam of every exam folder, in folder-name order."""
-        exams = {}
+    @property
+    def item_shape(self) -> tuple[int, int]:
+        return (self.params.image_size, self.params.image_size)
+
+    def records(self) -> Iterator[Reconstruction]:
+        """Every configured reconstruction of every exam folder, exams in folder-name order: an exam is the
+        same patient in every domain."""
         for folder in exam_folders(self.root):
             exam = read_exam(folder)
             if self.params.reference not in exam.recons:
@@ -270,56 +295,33 @@ class ReconCohort(Cohort):
                     f"{folder}: no {self.params.reference} reconstruction, the grid its liver mask lies on "
                     f"(found {', '.join(sorted(exam.recons)) or 'none'})"
                 )
-            exams[pseudonymize(exam.raw_id, self.name)] = exam
-        return exams
+            for recon in self.params.domains:
+                if recon in exam.recons:
+                    yield Reconstruction(raw_id=exam.raw_id, domain=recon, exam=exam)
 
-    def index(self) -> pd.DataFrame:
-        """One row per exam and reconstruction: an exam is the same patient in every domain."""
-        rows = [
-            {"patient": p, "domain": recon, "stratum": None}
-            for p, exam in self._exams.items()
-            for recon in self.params.domains
-            if recon in exam.recons
-        ]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
-
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        """The items of ``patients`` in every configured reconstruction (a patient listed per domain is read once)."""
-        require_known(patients, self._exams)
-        size = self.params.image_size
-        items = ItemsBuilder((size, size), target_shape=(size, size))
-        for patient in dict.fromkeys(patients):
-            for recon, x, y in self._items(self._exams[patient]):
-                items.add(x, y, patient, recon)
-        return items.image_set()
-
-    def _items(self, exam: Exam) -> list[tuple[str, np.ndarray, np.ndarray]]:
-        """(reconstruction, images, label maps) of one exam; unreadable files are reported or skipped."""
+    def read_items(self, recon: Reconstruction) -> Items:
+        """The kept slices of one reconstruction on the common grid, in HU, and the liver label maps."""
         p = self.params
-        try:
-            reference = read_image(exam.recons[p.reference])
-            mask = read_mask(exam.mask, reference)
-        except UnreadableFile as error:
-            self.unreadable_file(error, exam.raw_id)
-            return []
-        spacing_xy = (reference.spacing[2], reference.spacing[1])
-        y = to_grid(mask.astype(np.uint8), spacing_xy, p.image_size, p.spacing_mm, 0).astype(np.int64)
-        keep = y.reshape(len(y), -1).any(axis=1) if p.liver_slices_only else np.ones(len(y), bool)
-        if not keep.any():
-            fov = p.image_size * p.spacing_mm
-            raise DataError(f"{exam.mask}: the liver mask is empty (within the {fov:g} mm field of view)")
-        items = []
-        for recon in p.domains:
-            if recon not in exam.recons:
-                continue
-            try:
-                image = reference if recon == p.reference else read_image(exam.recons[recon])
-            except UnreadableFile as error:
-                self.unreadable_file(error, exam.raw_id)
-                continue
-            volume = on_grid(image, reference, f"reconstruction {recon}")[keep]
-            items.append((recon, hu_to_grid(volume, spacing_xy, p.image_size, p.spacing_mm), y[keep]))
-        return items
+        reference = self.reference(recon.exam)
+        image = reference.image if recon.domain == p.reference else read_image(recon.exam.recons[recon.domain])
+        volume = on_grid(image, reference.image, f"reconstruction {recon.domain}")[reference.keep]
+        spacing_xy = (reference.image.spacing[2], reference.image.spacing[1])
+        return hu_to_grid(volume, spacing_xy, p.image_size, p.spacing_mm), reference.labels
+
+    def reference(self, exam: Exam) -> Reference:
+        """The exam's reference reconstruction and liver labels on the grid, read once for all its reconstructions."""
+        if self._reference is None or self._reference.folder != exam.folder:
+            p = self.params
+            image = read_image(exam.recons[p.reference])
+            mask = read_mask(exam.mask, image)
+            spacing_xy = (image.spacing[2], image.spacing[1])
+            y = to_grid(mask.astype(np.uint8), spacing_xy, p.image_size, p.spacing_mm, 0).astype(np.int64)
+            keep = y.reshape(len(y), -1).any(axis=1) if p.liver_slices_only else np.ones(len(y), bool)
+            if not keep.any():
+                fov = p.image_size * p.spacing_mm
+                raise DataError(f"{exam.mask}: the liver mask is empty (within the {fov:g} mm field of view)")
+            self._reference = Reference(exam.folder, image, keep, y[keep])
+        return self._reference
 
     @classmethod
     def check_root(cls, root: Path) -> None:

@@ -9,8 +9,8 @@ documents for such a set (see :mod:`harmonia_plugins.cohorts.ct_recon`)::
     <out>/<exam>/fbp.nii.gz, safire3.nii.gz, mono40keV.nii.gz, ...     one NIfTI per reconstruction (odd exams)
     <out>/<exam>/liver_mask.nii.gz                 on the 80 keV grid (the first exam: a DICOM SEG, liver_mask/)
 
-Every reconstruction of an exam images the same phantom abdomen (the ``ct_kidney`` twin's
-:func:`~harmonia_plugins.cohorts.ct_kidney_twin.abdomen`, sized like seed 003's children and
+Every reconstruction of an exam images the same phantom abdomen (the shared phantom
+:func:`~harmonia.synth.abdomen.abdomen`, sized like seed 003's children and
 adolescents) on one grid, and differs only as seed 003 describes: iodine contrast rises steeply
 towards 40 keV, with much more noise; 80 keV is the reference; 60 keV lies between; FBP is
 noisier than IR, whose noise is coarser; optimum contrast blends low- and high-energy contrast.
@@ -32,19 +32,20 @@ from harmonia.api import TwinSettings
 from harmonia.io import write_dicom_series, write_seg
 from harmonia.seeding import derive_seed
 from harmonia.synth import Noise, Psf, ScannerSignature, acquire
-from harmonia_plugins.cohorts.ct_kidney_twin import (
-    AIR, AORTA, BONE, BOWEL, CORTEX, FAT, FLUID, LIVER, MEDULLA, MUSCLE, NECROSIS, SPLEEN, TUMOUR, VEIN,
-    Grid, abdomen, draw_anatomy,
-)
+from harmonia.synth.abdomen import LIVER, MUSCLE, TISSUES, Grid, abdomen, draw_anatomy
 
 REFERENCE = "M80"
 #: the order of seed 003's tables
 RECONS = ("FBP", "IR", "M40", "M60", "M80", "OC")
 #: how the NIfTI exams name each reconstruction's file (any spelling the loader's alias table must accept)
 NIFTI_NAMES = {
-    "FBP": "fbp", "IR": "safire3", "M40": "mono40keV", "M60": "mono60keV", "M80": "mono80keV", "OC": "optimum_contrast",
+    "FBP": "fbp",
+    "IR": "safire3",
+    "M40": "mono40keV",
+    "M60": "mono60keV",
+    "M80": "mono80keV",
+    "OC": "optimum_contrast",
 }
-TISSUES = (AIR, FAT, MUSCLE, BOWEL, FLUID, LIVER, SPLEEN, CORTEX, MEDULLA, AORTA, VEIN, BONE, TUMOUR, NECROSIS)
 #: clean portal-venous HU per tissue (order of TISSUES): iodine-enhanced tissues brighten towards low keV,
 #: fat darkens; FBP and IR are the mixed (120 kVp-like) image; OC lies between M60 and the mixed image
 HU_TABLE = {
@@ -105,8 +106,10 @@ def signature(recon: str, strength: float, values: list[float]) -> ScannerSignat
     span = max(values) - min(values)
     return ScannerSignature(
         psf=Psf(sigma=between(reference.blur, own.blur)),
-        noise=Noise(level=between(reference.noise_hu, own.noise_hu) / span,
-                    correlation=between(reference.correlation, own.correlation)),
+        noise=Noise(
+            level=between(reference.noise_hu, own.noise_hu) / span,
+            correlation=between(reference.correlation, own.correlation),
+        ),
     )
 
 
@@ -145,15 +148,28 @@ def write_exam(folder: Path, number: int, settings: TwinSettings) -> None:
     study_uid = None
     for recon in RECONS:
         values = hu_values(recon, settings.strength, settings.difficulty)
-        hu = acquire(tissues, values, signature(recon, settings.strength, values),
-                     seed=derive_seed("ct_recon-twin-acquire", settings.seed, exam_id, recon), spacing=grid.spacing)
+        hu = acquire(
+            tissues,
+            values,
+            signature(recon, settings.strength, values),
+            seed=derive_seed("ct_recon-twin-acquire", settings.seed, exam_id, recon),
+            spacing=grid.spacing,
+        )
         if not as_dicom:
             write_nifti(folder / f"{NIFTI_NAMES[recon]}.nii.gz", np.rint(hu), grid, np.int16)
             continue
         series = write_dicom_series(
-            folder / recon, hu, grid.spacing, modality="CT", manufacturer="SIEMENS", model_name="SOMATOM Force",
-            series_description=f"Abdomen portal {recon}", study_uid=study_uid, origin=grid.origin,
-            extra={"ConvolutionKernel": "Br40"}, **person,
+            folder / recon,
+            hu,
+            grid.spacing,
+            modality="CT",
+            manufacturer="SIEMENS",
+            model_name="SOMATOM Force",
+            series_description=f"Abdomen portal {recon}",
+            study_uid=study_uid,
+            origin=grid.origin,
+            extra={"ConvolutionKernel": "Br40"},
+            **person,
         )
         study_uid = series.study_uid
         if recon == REFERENCE and number == 0:

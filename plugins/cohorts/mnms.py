@@ -17,20 +17,19 @@ The patient code leaves this module only as a pseudonym.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, CohortParams, ImageSet, ItemsBuilder, Task, TwinSettings, require_known
-from harmonia.errors import DataError, one_line
+from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
+from harmonia.errors import DataError
 from harmonia.geometry import to_grid
 from harmonia.io import canonical_vendor, read_image
-from harmonia.privacy import pseudonymize
+from harmonia.sheets import read_table, require_columns
 from harmonia_plugins.cohorts.mnms_twin import write_twin
 
 VENDORS = ("Siemens", "Philips", "GE", "Canon")
@@ -116,12 +115,9 @@ def mnms_vendor(text: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Record:
-    """One labelled patient as the loader knows it; ``code`` is the raw code and never leaves this module."""
+class Record(PatientRecord):
+    """One labelled patient: its annotated frames and files (``raw_id`` is the patient code)."""
 
-    code: str
-    domain: str
-    stratum: str | None
     ed: int
     es: int
     image: Path
@@ -139,22 +135,9 @@ def find_info_sheet(root: Path) -> Path | None:
 
 
 def read_info_sheet(path: Path) -> pd.DataFrame:
-    """The sheet as a table with stripped column names; DataError if unreadable or lacking a needed column."""
-    try:
-        if path.suffix == ".xlsx":
-            table = pd.read_excel(path)
-        else:
-            table = pd.read_csv(path, sep=None, engine="python", dtype={CODE: str})
-    except ImportError as exc:
-        raise DataError(f"{path}: reading .xlsx needs openpyxl ({exc}); install it or save the sheet as CSV") from exc
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: unreadable information sheet ({one_line(exc)})") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in (CODE, ED, ES) if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: information sheet lacks column(s) {missing}; found {list(table.columns)}")
-    if VENDOR not in table.columns and VENDOR_NAME not in table.columns:
-        raise DataError(f"{path}: information sheet has neither a '{VENDOR}' nor a '{VENDOR_NAME}' column")
+    """The sheet as a table; DataError if unreadable or lacking a needed column."""
+    table = read_table(path, "information sheet", dtype={CODE: str}, sep=None, engine="python")
+    require_columns(table, path, "information sheet", [CODE, ED, ES, (VENDOR, VENDOR_NAME)])
     return table
 
 
@@ -232,7 +215,7 @@ def read_records(root: Path) -> list[Record]:
             raise DataError(f"{image}: missing; its labels {gt.name} are there")
         records.append(
             Record(
-                code=code,
+                raw_id=code,
                 domain=row_vendor(row, sheet, line),
                 stratum=_cell(row, PATHOLOGY) or None,
                 ed=frame_index(row[ED], ED, sheet, line),
@@ -313,27 +296,16 @@ class MnmsCohort(Cohort):
     def domains(self) -> list[str]:
         return list(self.params.domains)
 
-    @cached_property
-    def _records(self) -> dict[str, Record]:
-        """Pseudonym -> record of every labelled patient of the configured vendors, in raw-code order."""
-        records = [r for r in read_records(self.root) if r.domain in self.params.domains]
-        return {pseudonymize(r.code, self.name): r for r in records}
+    @property
+    def item_shape(self) -> tuple[int, int]:
+        return (self.params.image_size, self.params.image_size)
 
-    def index(self) -> pd.DataFrame:
-        rows = [{"patient": p, "domain": r.domain, "stratum": r.stratum} for p, r in self._records.items()]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
+    def records(self) -> list[Record]:
+        """Every labelled patient of the configured vendors, in raw-code order."""
+        return [r for r in read_records(self.root) if r.domain in self.params.domains]
 
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        require_known(patients, self._records)
-        size = (self.params.image_size, self.params.image_size)
-        items = ItemsBuilder(size, target_shape=size)
-        for patient in patients:
-            record = self._records[patient]
-            items.add(*self._slices(record), patient, record.domain)
-        return items.image_set()
-
-    def _slices(self, record: Record) -> tuple[np.ndarray, np.ndarray]:
-        """The items of one patient: ``[n, H, W]`` float32 images and int64 label maps, phases in order."""
+    def read_items(self, record: Record) -> Items:
+        """The ``[n, H, W]`` slices of the chosen phases' annotated frames and their label maps, phases in order."""
         image, labels, spacing = read_case(record)
         p = self.params
         xs, ys = [], []

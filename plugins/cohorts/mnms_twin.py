@@ -216,9 +216,7 @@ def heart_slice(heart: Heart, grid: Grid, level: float, kappa: float) -> tuple[n
     return tissues, labels
 
 
-def patient_volumes(
-    heart: Heart, grid: Grid, texture: np.ndarray, frame: int
-) -> tuple[np.ndarray, np.ndarray]:
+def patient_volumes(heart: Heart, grid: Grid, texture: np.ndarray, frame: int) -> tuple[np.ndarray, np.ndarray]:
     """Tissue and label stacks ``[Z, Y, X]`` of one frame, base (z = 0) to apex."""
     kappa = contraction(heart, frame)
     tissues, labels = [], []

@@ -18,30 +18,23 @@ only as pseudonyms.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, PositiveInt
 
 from harmonia import hookimpl
-from harmonia.api import (
-    Cohort,
-    CohortParams,
-    ImageSet,
-    ItemsBuilder,
-    RegexPattern,
-    Task,
-    TwinSettings,
-    require_known,
-)
-from harmonia.errors import DataError, UnreadableFile
+from harmonia.api import Cohort, CohortParams, Items, PatientRecord, RegexPattern, Task, TwinSettings
+from harmonia.domains import series_vendor
+from harmonia.errors import DataError
 from harmonia.geometry import crop_around
-from harmonia.io import MedicalImage, SeriesInfo, find_series, read_image
-from harmonia.privacy import pseudonymize
+from harmonia.io import MedicalImage, SeriesInfo, read_image
+from harmonia.patient_folders import patient_folders, readable_series
+from harmonia.sheets import column_key, find_file, header_row, read_table
 from harmonia_plugins.cohorts.mri_breast_twin import write_twin
 
 COLLECTION = "Duke-Breast-Cancer-MRI"
@@ -90,6 +83,7 @@ class MriBreastParams(CohortParams):
         1, description="the number of the first row, column and slice in Annotation_Boxes (1 as documented)"
     )
 
+
 # --------------------------------------------------------------------------------------------
 # Spreadsheets
 # --------------------------------------------------------------------------------------------
@@ -106,11 +100,6 @@ class Box:
     line: int
 
 
-def column_key(text: object) -> str:
-    """A header cell reduced to lower-case letters and digits ('Staging(Tumor Size)# [T]' -> 'stagingtumorsizet')."""
-    return re.sub(r"[^a-z0-9]", "", str(text).lower())
-
-
 def patient_of(text: object) -> str | None:
     """The canonical ``Breast_MRI_NNN`` of a sheet cell or folder name, None if it names no patient."""
     match = PATIENT_ID.fullmatch(str(text).strip())
@@ -119,11 +108,7 @@ def patient_of(text: object) -> str | None:
 
 def find_sheet(root: Path, stem: str) -> Path | None:
     """The spreadsheet ``stem`` (.xlsx, else .csv) at the root or in the collection folder."""
-    for folder in (root, root / COLLECTION):
-        for suffix in SHEET_SUFFIXES:
-            if (folder / f"{stem}{suffix}").is_file():
-                return folder / f"{stem}{suffix}"
-    return None
+    return find_file([root, root / COLLECTION], [f"{stem}{suffix}" for suffix in SHEET_SUFFIXES])
 
 
 def read_sheet(path: Path, wanted: dict[str, tuple[str, ...]]) -> pd.DataFrame:
@@ -134,14 +119,8 @@ def read_sheet(path: Path, wanted: dict[str, tuple[str, ...]]) -> pd.DataFrame:
     ``patient`` (canonical ID) and ``line`` (the spreadsheet row number). Rows naming no patient
     (legends, notes) are dropped.
     """
-    try:
-        if path.suffix == ".csv":
-            raw = pd.read_csv(path, header=None, dtype=str, keep_default_na=False)
-        else:
-            raw = pd.read_excel(path, header=None, dtype=object)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: unreadable spreadsheet ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
-    header = next((i for i in range(min(len(raw), 10)) if PATIENT_KEY in map(column_key, raw.iloc[i])), None)
+    raw = read_table(path, "spreadsheet", header=None, dtype=str, keep_default_na=False)
+    header = header_row(raw, {PATIENT_KEY})
     if header is None:
         raise DataError(f"{path}: no 'Patient ID' column header in its first 10 rows")
     keys = [column_key(cell) for cell in raw.iloc[header]]
@@ -149,7 +128,7 @@ def read_sheet(path: Path, wanted: dict[str, tuple[str, ...]]) -> pd.DataFrame:
     for name, accepted in wanted.items():
         found = [i for i, key in enumerate(keys) if key in accepted]
         if not found:
-            names = [str(c) for c in raw.iloc[header] if str(c) != "nan"]
+            names = [str(c) for c in raw.iloc[header] if str(c).strip()]
             raise DataError(f"{path}: no column {name!r} in the header row {header + 1}; found {names}")
         columns[name] = found[0]
     table = raw.iloc[header + 1 :, list(columns.values())].set_axis(list(columns), axis=1)
@@ -201,20 +180,9 @@ def boxes(path: Path) -> dict[str, list[Box]]:
 # --------------------------------------------------------------------------------------------
 
 
-def patient_folders(root: Path) -> dict[str, Path]:
+def breast_folders(root: Path) -> dict[str, Path]:
     """Canonical patient ID -> patient folder, under ``Duke-Breast-Cancer-MRI/`` or directly under ``root``."""
-    folders: dict[str, Path] = {}
-    for parent in (root / COLLECTION, root):
-        if not parent.is_dir():
-            continue
-        for folder in sorted(p for p in parent.iterdir() if p.is_dir()):
-            patient = patient_of(folder.name)
-            if patient is None:
-                continue
-            if patient in folders:
-                raise DataError(f"{folder}: the same patient is also in {folders[patient]}; keep one copy")
-            folders[patient] = folder
-    return folders
+    return patient_folders(root, COLLECTION, patient_of)
 
 
 def pre_contrast_series(series: list[SeriesInfo], params: MriBreastParams, folder: Path) -> SeriesInfo:
@@ -249,11 +217,9 @@ def instance_order(image: MedicalImage) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Case:
-    """One usable patient; ``raw_id`` is the folder's patient ID and never leaves this module."""
+class Case(PatientRecord):
+    """One usable patient (``raw_id`` is its folder name): class, tumour boxes and pre-contrast series."""
 
-    raw_id: str
-    domain: str
     label: int
     boxes: tuple[Box, ...]
     series: SeriesInfo
@@ -273,14 +239,16 @@ class MriBreastCohort(Cohort):
     def domains(self) -> list[str]:
         return list(DOMAINS)
 
-    @cached_property
-    def _cases(self) -> dict[str, Case]:
-        """Pseudonym -> case of every patient with images, a box, a T stage and a GE or Siemens pre-contrast series."""
+    @property
+    def item_shape(self) -> tuple[int, int, int]:
+        return tuple(self.params.roi)
+
+    def records(self) -> Iterator[Case]:
+        """Every patient with images, a box, a T stage and a GE or Siemens pre-contrast series."""
         self.check_root(self.root)
         clinical_sheet, box_sheet = find_sheet(self.root, CLINICAL), find_sheet(self.root, BOXES)
         stages, tumour_boxes = t_stages(clinical_sheet), boxes(box_sheet)
-        cases = {}
-        for patient, folder in patient_folders(self.root).items():
+        for patient, folder in breast_folders(self.root).items():
             if patient not in tumour_boxes:
                 raise DataError(f"{folder}: patient has no row in {box_sheet}")
             if patient not in stages:
@@ -290,42 +258,27 @@ class MriBreastCohort(Cohort):
                 continue
             case = self._case(folder, stages[patient], tuple(tumour_boxes[patient]))
             if case is not None:
-                cases[pseudonymize(folder.name, self.name)] = case
-        return cases
+                yield case
 
     def _case(self, folder: Path, stage: int, tumour_boxes: tuple[Box, ...]) -> Case | None:
         """The case of one patient folder, or None if it is skipped (unreadable file, vendor outside the study)."""
-        unreadable: list[UnreadableFile] = []
-        series = find_series(folder, on_unreadable=unreadable.append)
-        if unreadable:
-            self.unreadable_file(unreadable[0], folder.name)
+        series = readable_series(folder, lambda error: self.unreadable_file(error, folder.name))
+        if series is None:
             return None
         pre = pre_contrast_series(series, self.params, folder)
-        if not pre.manufacturer.strip():
-            raise DataError(
-                f"{pre.files[0]}: no Manufacturer (0008,0070) in the pre-contrast series; expected GE or Siemens"
-            )
-        if pre.vendor not in DOMAINS:
-            self.exclude(folder.name, f"vendor {pre.vendor} is neither GE nor Siemens")
+        vendor = series_vendor(pre)
+        if vendor not in DOMAINS:
+            self.exclude(folder.name, f"vendor {vendor} is neither GE nor Siemens")
             return None
-        return Case(folder.name, pre.vendor, int(stage >= 3), tumour_boxes, pre)
+        label = int(stage >= 3)
+        return Case(
+            raw_id=folder.name, domain=vendor, stratum=CLASS_NAMES[label], label=label, boxes=tumour_boxes, series=pre
+        )
 
-    def index(self) -> pd.DataFrame:
-        rows = [{"patient": p, "domain": c.domain, "stratum": CLASS_NAMES[c.label]} for p, c in self._cases.items()]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
-
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        require_known(patients, self._cases)
-        items = ItemsBuilder(self.params.roi)
-        for patient in patients:
-            case = self._cases[patient]
-            try:
-                rois = self._rois(case)
-            except UnreadableFile as error:
-                self.unreadable_file(error, case.raw_id)
-                continue
-            items.add(rois, [case.label] * len(rois), patient, case.domain)
-        return items.image_set()
+    def read_items(self, case: Case) -> Items:
+        """The ROI of each of the patient's tumour boxes, labelled with the patient's class."""
+        rois = self._rois(case)
+        return np.array(rois), np.full(len(rois), case.label)
 
     def _rois(self, case: Case) -> list[np.ndarray]:
         """The ROI of each of the patient's boxes, centred on the box centre, in the series' native units."""
@@ -356,7 +309,7 @@ class MriBreastCohort(Cohort):
         for stem in (CLINICAL, BOXES):
             if find_sheet(root, stem) is None:
                 raise DataError(f"{root}: no {stem}.xlsx (or .csv) here or in {COLLECTION}/; {OBTAIN}")
-        if not patient_folders(root):
+        if not breast_folders(root):
             raise DataError(f"{root}: no Breast_MRI_NNN patient folders in {COLLECTION}/ or at the root; {OBTAIN}")
 
     @classmethod

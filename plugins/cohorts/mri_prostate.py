@@ -16,25 +16,25 @@ and study IDs leave this module only as pseudonyms.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, CohortParams, ImageSet, ItemsBuilder, Task, TwinSettings, require_known
-from harmonia.errors import DataError, UnreadableFile, one_line
+from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
+from harmonia.domains import OTHER, one_domain_per_patient, vendor_or_other
+from harmonia.errors import DataError, UnreadableFile
 from harmonia.geometry import to_grid
 from harmonia.io import canonical_vendor, read_header, read_image
-from harmonia.privacy import pseudonymize
+from harmonia.sheets import read_table, require_columns
 from harmonia_plugins.cohorts.mri_prostate_twin import write_twin
 
 REFERENCE_VENDOR = "Siemens"
-DOMAINS = (REFERENCE_VENDOR, "Other")
+DOMAINS = (REFERENCE_VENDOR, OTHER)
 MANUFACTURER_KEY = "0008|0070"
 #: the labels repository as cloned (``picai_labels``) or unpacked from GitHub's zip (``picai_labels-main``)
 LABEL_FOLDERS = ("picai_labels", "picai_labels-main")
@@ -55,7 +55,10 @@ class MriProstateParams(CohortParams):
 
     image_size: int = Field(128, ge=16, le=1024, description="side of the square slice in pixels (centre crop or pad)")
     spacing_mm: float = Field(
-        1.0, gt=0, le=10, description="in-plane pixel size in mm every slice is resampled to; FOV = image_size x spacing_mm"
+        1.0,
+        gt=0,
+        le=10,
+        description="in-plane pixel size in mm every slice is resampled to; FOV = image_size x spacing_mm",
     )
     lesion_masks: list[str] = Field(
         default_factory=lambda: ["human_expert/resampled"],
@@ -113,14 +116,8 @@ def t2w_images(root: Path) -> dict[tuple[str, str], Path]:
 
 def read_marksheet(path: Path) -> pd.DataFrame:
     """The marksheet with IDs as text; DataError if it is unreadable or lacks a needed column."""
-    try:
-        table = pd.read_csv(path, dtype={PATIENT: str, STUDY: str, CSPCA: str})
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: unreadable marksheet ({one_line(exc)})") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in (PATIENT, STUDY, CSPCA) if c not in table.columns]
-    if missing:
-        raise DataError(f"{path}: marksheet lacks column(s) {missing}; found {list(table.columns)}")
+    table = read_table(path, "marksheet", dtype={PATIENT: str, STUDY: str, CSPCA: str})
+    require_columns(table, path, "marksheet", [PATIENT, STUDY, CSPCA])
     return table
 
 
@@ -182,7 +179,7 @@ def manufacturer_of(path: Path) -> str:
 
 def domain_of(manufacturer: str) -> str:
     """Siemens, or Other for any other vendor."""
-    return REFERENCE_VENDOR if canonical_vendor(manufacturer) == REFERENCE_VENDOR else DOMAINS[1]
+    return vendor_or_other(canonical_vendor(manufacturer), REFERENCE_VENDOR)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,16 +188,10 @@ def domain_of(manufacturer: str) -> str:
 
 
 @dataclass(frozen=True)
-class Patient:
-    """One patient's studies of one domain and the patient-level csPCa stratum."""
+class Study(PatientRecord):
+    """One study of a patient in the domain most of the patient's studies share; ``stratum`` is patient-level."""
 
-    raw_id: str
-    domain: str
-    cases: tuple[Case, ...]
-
-    @property
-    def stratum(self) -> str:
-        return "csPCa" if any(c.cspca for c in self.cases) else "no csPCa"
+    case: Case
 
 
 class MriProstateCohort(Cohort):
@@ -217,52 +208,31 @@ class MriProstateCohort(Cohort):
     def domains(self) -> list[str]:
         return list(DOMAINS)
 
-    @cached_property
-    def _patients(self) -> dict[str, Patient]:
-        """Pseudonym -> patient, the domain read from each T2W header.
+    @property
+    def item_shape(self) -> tuple[int, int]:
+        return (self.params.image_size, self.params.image_size)
+
+    def records(self) -> Iterator[Study]:
+        """Every study with a lesion mask, its domain read from the T2W header.
 
         A patient whose studies come from both domains keeps the studies of the domain most of
         them share (the first study's on a tie), so that no patient is in two domains.
         """
-        by_patient: dict[str, list[tuple[Case, str]]] = {}
+        found = []
         for case in read_cases(self.root, self.params.lesion_masks, self.exclude):
-            try:
-                domain = domain_of(manufacturer_of(case.t2w))
-            except UnreadableFile as error:
-                self.unreadable_file(error, case.patient)
-                continue
-            by_patient.setdefault(case.patient, []).append((case, domain))
-        patients = {}
-        for raw_id, studies in by_patient.items():
-            order = [domain for _, domain in studies]
-            domain = max(order, key=lambda d: (order.count(d), -order.index(d)))
-            cases = tuple(case for case, d in studies if d == domain)
-            patients[pseudonymize(raw_id, self.name)] = Patient(raw_id, domain, cases)
-        return patients
+            manufacturer = self.skip_unreadable(case.patient, lambda t2w=case.t2w: manufacturer_of(t2w))
+            if manufacturer is not None:
+                found.append((case.patient, domain_of(manufacturer), case))
+        for raw_id, (domain, cases) in one_domain_per_patient(found).items():
+            stratum = "csPCa" if any(c.cspca for c in cases) else "no csPCa"
+            for case in cases:
+                yield Study(raw_id=raw_id, domain=domain, stratum=stratum, case=case)
 
-    def index(self) -> pd.DataFrame:
-        rows = [{"patient": p, "domain": r.domain, "stratum": r.stratum} for p, r in self._patients.items()]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
-
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        require_known(patients, self._patients)
-        items = ItemsBuilder((self.params.image_size, self.params.image_size))
-        for pseudonym in patients:
-            patient = self._patients[pseudonym]
-            for case in patient.cases:
-                slices = self._slices(case)
-                if slices is not None:
-                    items.add(*slices, pseudonym, patient.domain)
-        return items.image_set()
-
-    def _slices(self, case: Case) -> tuple[np.ndarray, np.ndarray] | None:
-        """One case's T2W slices ``[n, H, W]`` on the common grid and their lesion flags; None if skipped."""
-        try:
-            image = read_image(case.t2w)
-            mask = read_image(case.mask)
-        except UnreadableFile as error:
-            self.unreadable_file(error, case.patient)
-            return None
+    def read_items(self, study: Study) -> Items:
+        """One study's T2W slices ``[n, H, W]`` on the common grid and their lesion flags."""
+        case = study.case
+        image = read_image(case.t2w)
+        mask = read_image(case.mask)
         if image.array.ndim != 3:
             raise DataError(f"{case.t2w}: expected a 3-D T2W volume, got shape {image.array.shape}")
         if mask.array.shape != image.array.shape:

@@ -41,19 +41,68 @@ MARKSHEET = LABELS / "clinical_information" / "marksheet.csv"
 HUMAN_MASKS = LABELS / "csPCa_lesion_delineations" / "human_expert" / "resampled"
 AI_MASKS = LABELS / "csPCa_lesion_delineations" / "AI" / "Bosma22a"
 MARKSHEET_COLUMNS = [
-    "patient_id", "study_id", "mri_date", "patient_age", "psa", "psad", "prostate_volume",
-    "histopath_type", "lesion_GS", "lesion_ISUP", "case_ISUP", "case_csPCa", "center",
+    "patient_id",
+    "study_id",
+    "mri_date",
+    "patient_age",
+    "psa",
+    "psad",
+    "prostate_volume",
+    "histopath_type",
+    "lesion_GS",
+    "lesion_ISUP",
+    "case_ISUP",
+    "case_csPCa",
+    "center",
 ]
 
 # Tissues of the phantom; the clean T2W intensity of the lesion depends on difficulty.
 (AIR, FAT, MUSCLE, CORTEX, MARROW, GAS, RECTAL_WALL, PZ, TZ, URETHRA, URINE, BLADDER_WALL, LESION) = range(13)
-T2W = {AIR: 0.0, FAT: 520.0, MUSCLE: 140.0, CORTEX: 30.0, MARROW: 450.0, GAS: 15.0, RECTAL_WALL: 200.0,
-       PZ: 420.0, TZ: 250.0, URETHRA: 380.0, URINE: 900.0, BLADDER_WALL: 170.0}
+T2W = {
+    AIR: 0.0,
+    FAT: 520.0,
+    MUSCLE: 140.0,
+    CORTEX: 30.0,
+    MARROW: 450.0,
+    GAS: 15.0,
+    RECTAL_WALL: 200.0,
+    PZ: 420.0,
+    TZ: 250.0,
+    URETHRA: 380.0,
+    URINE: 900.0,
+    BLADDER_WALL: 170.0,
+}
 #: apparent diffusion (x 1e-6 mm^2/s) and high-b signal: the lesion restricts diffusion (dark ADC, bright b-high)
-ADC = {AIR: 0.0, FAT: 300.0, MUSCLE: 1400.0, CORTEX: 50.0, MARROW: 400.0, GAS: 0.0, RECTAL_WALL: 1300.0,
-       PZ: 1700.0, TZ: 1300.0, URETHRA: 2000.0, URINE: 2900.0, BLADDER_WALL: 1300.0, LESION: 800.0}
-HBV = {AIR: 0.0, FAT: 8.0, MUSCLE: 20.0, CORTEX: 2.0, MARROW: 10.0, GAS: 0.0, RECTAL_WALL: 30.0,
-       PZ: 25.0, TZ: 30.0, URETHRA: 15.0, URINE: 5.0, BLADDER_WALL: 25.0, LESION: 70.0}
+ADC = {
+    AIR: 0.0,
+    FAT: 300.0,
+    MUSCLE: 1400.0,
+    CORTEX: 50.0,
+    MARROW: 400.0,
+    GAS: 0.0,
+    RECTAL_WALL: 1300.0,
+    PZ: 1700.0,
+    TZ: 1300.0,
+    URETHRA: 2000.0,
+    URINE: 2900.0,
+    BLADDER_WALL: 1300.0,
+    LESION: 800.0,
+}
+HBV = {
+    AIR: 0.0,
+    FAT: 8.0,
+    MUSCLE: 20.0,
+    CORTEX: 2.0,
+    MARROW: 10.0,
+    GAS: 0.0,
+    RECTAL_WALL: 30.0,
+    PZ: 25.0,
+    TZ: 30.0,
+    URETHRA: 15.0,
+    URINE: 5.0,
+    BLADDER_WALL: 25.0,
+    LESION: 70.0,
+}
 
 
 @dataclass(frozen=True)
@@ -130,13 +179,16 @@ def case_ids(rng: np.random.Generator, patients: int) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def ellipsoid(x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
+def ellipsoid(
+    x: np.ndarray, y: np.ndarray, z: np.ndarray, centre: tuple[float, ...], radii: tuple[float, ...]
+) -> np.ndarray:
     """Points inside the axis-aligned ellipsoid (all arguments in mm)."""
     return ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2 + ((z - centre[2]) / radii[2]) ** 2 < 1
 
 
-def tissues_of(pelvis: Pelvis, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-               texture: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def tissues_of(
+    pelvis: Pelvis, shape: tuple[int, int, int], spacing: tuple[float, float, float], texture: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Tissue labels and the lesion mask ``[Z, Y, X]`` of one case; z = 0 is the most caudal slice."""
     dz, dy, dx = spacing
     z, y, x = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * d for n, d in zip(shape, (dz, dy, dx))], indexing="ij")
@@ -211,8 +263,16 @@ def write_mask(path: Path, mask: np.ndarray, spacing: tuple[float, ...], origin:
     sitk.WriteImage(image, str(path), useCompression=True)
 
 
-def write_case(out: Path, fold: int, patient_id: str, study_id: str, pelvis: Pelvis, vendor: str,
-               settings: TwinSettings, human_mask: bool) -> None:
+def write_case(
+    out: Path,
+    fold: int,
+    patient_id: str,
+    study_id: str,
+    pelvis: Pelvis,
+    vendor: str,
+    settings: TwinSettings,
+    human_mask: bool,
+) -> None:
     """The three MHA sequences of one case and its lesion masks (human only when ``human_mask``)."""
     scanner = SCANNERS[vendor]
     case = f"{patient_id}_{study_id}"
@@ -231,8 +291,9 @@ def write_case(out: Path, fold: int, patient_id: str, study_id: str, pelvis: Pel
         signature = signature_for(vendor, "MRI", seed=derive_seed(settings.seed, sequence), strength=settings.strength)
         sampled = (spacing[0], pixel * step, pixel * step)
         seed = derive_seed("mri_prostate-twin-acquire", settings.seed, case, sequence)
-        image = acquire(tissues[:, ::step, ::step], [values[t] for t in range(len(values))], signature, seed=seed,
-                        spacing=sampled)
+        image = acquire(
+            tissues[:, ::step, ::step], [values[t] for t in range(len(values))], signature, seed=seed, spacing=sampled
+        )
         stored = np.clip(np.rint(image), 0, np.iinfo(np.int16).max).astype(np.int16)
         write_mha(folder / f"{case}_{sequence}.mha", stored, sampled, metadata, origin)
 

@@ -14,21 +14,22 @@ this module only as harmonia's own pseudonym.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator
 
 from harmonia import hookimpl
-from harmonia.api import Cohort, CohortParams, ImageSet, ItemsBuilder, Task, TwinSettings, require_known
-from harmonia.errors import DataError, UnreadableFile, one_line
+from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
+from harmonia.domains import one_domain_per_patient
+from harmonia.errors import DataError, UnreadableFile
 from harmonia.geometry import to_grid
 from harmonia.io import read_image
-from harmonia.privacy import pseudonymize
+from harmonia.sheets import find_file, read_table, require_columns
 from harmonia_plugins.cohorts.xray_chest_twin import write_twin
 
 #: the current release's sheet first, then the original one
@@ -108,22 +109,11 @@ class Image:
     line: int
 
 
-def find_sheet(root: Path) -> Path | None:
-    return next((root / name for name in SHEETS if (root / name).is_file()), None)
-
-
 def read_sheet(path: Path) -> pd.DataFrame:
     """The spreadsheet with IDs and paths as text; DataError if unreadable or lacking a needed column."""
-    try:
-        table = pd.read_csv(path, dtype={PATIENT: str, PNG: str, DICOM: str, VIEW: str}, low_memory=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{path}: unreadable BRAX spreadsheet ({one_line(exc)})") from exc
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in (PATIENT, LABEL, MANUFACTURER) if c not in table.columns]
-    if PNG not in table.columns and DICOM not in table.columns:
-        missing.append(f"{PNG} or {DICOM}")
-    if missing:
-        raise DataError(f"{path}: spreadsheet lacks column(s) {missing}; found {list(table.columns)}")
+    text = {PATIENT: str, PNG: str, DICOM: str, VIEW: str}
+    table = read_table(path, "BRAX spreadsheet", dtype=text, low_memory=False)
+    require_columns(table, path, "spreadsheet", [PATIENT, LABEL, MANUFACTURER, (PNG, DICOM)])
     return table
 
 
@@ -153,7 +143,7 @@ def image_column(table: pd.DataFrame, params: XrayChestParams, sheet: Path) -> s
 
 def read_images(root: Path, params: XrayChestParams) -> list[Image]:
     """Every image row of the configured manufacturers and views with a usable label, in sheet order."""
-    sheet = find_sheet(root)
+    sheet = find_file([root], SHEETS)
     if sheet is None:
         raise DataError(f"{root}: no {' or '.join(SHEETS)} found; {OBTAIN}")
     table = read_sheet(sheet)
@@ -185,16 +175,10 @@ def read_images(root: Path, params: XrayChestParams) -> list[Image]:
 
 
 @dataclass(frozen=True)
-class Patient:
-    """One patient's images of one domain."""
+class Radiograph(PatientRecord):
+    """One image of a patient in the domain most of the patient's images come from; ``stratum`` is patient-level."""
 
-    raw_id: str
-    domain: str
-    images: tuple[Image, ...]
-
-    @property
-    def stratum(self) -> str:
-        return "cardiomegaly" if any(i.target for i in self.images) else "none"
+    image: Image
 
 
 class XrayChestCohort(Cohort):
@@ -211,48 +195,28 @@ class XrayChestCohort(Cohort):
     def domains(self) -> list[str]:
         return list(self.params.manufacturers)
 
-    @cached_property
-    def _patients(self) -> dict[str, Patient]:
-        """Pseudonym -> patient, in sheet order.
+    @property
+    def item_shape(self) -> tuple[int, int]:
+        return (self.params.image_size, self.params.image_size)
+
+    def records(self) -> Iterator[Radiograph]:
+        """Every image, patients in sheet order.
 
         A patient imaged on several of the configured manufacturers keeps the images of the one
         most of them come from (the earlier one in the sheet on a tie): no patient is in two domains.
         """
-        by_patient: dict[str, list[Image]] = {}
-        for image in read_images(self.root, self.params):
-            by_patient.setdefault(image.patient, []).append(image)
-        patients = {}
-        for raw_id, images in by_patient.items():
-            order = [i.domain for i in images]
-            domain = max(order, key=lambda d: (order.count(d), -order.index(d)))
-            kept = tuple(i for i in images if i.domain == domain)
-            patients[pseudonymize(raw_id, self.name)] = Patient(raw_id, domain, kept)
-        return patients
+        images = ((image.patient, image.domain, image) for image in read_images(self.root, self.params))
+        for raw_id, (domain, kept) in one_domain_per_patient(images).items():
+            stratum = "cardiomegaly" if any(i.target for i in kept) else "none"
+            for image in kept:
+                yield Radiograph(raw_id=raw_id, domain=domain, stratum=stratum, image=image)
 
-    def index(self) -> pd.DataFrame:
-        rows = [{"patient": p, "domain": r.domain, "stratum": r.stratum} for p, r in self._patients.items()]
-        return pd.DataFrame(rows, columns=["patient", "domain", "stratum"])
-
-    def load(self, patients: Sequence[str]) -> ImageSet:
-        require_known(patients, self._patients)
-        items = ItemsBuilder((self.params.image_size, self.params.image_size))
-        for pseudonym in patients:
-            patient = self._patients[pseudonym]
-            for image in patient.images:
-                pixels = self._pixels(image)
-                if pixels is not None:
-                    items.add(pixels, [image.target], pseudonym, patient.domain)
-        return items.image_set()
-
-    def _pixels(self, image: Image) -> np.ndarray | None:
-        """One image padded to a square and resized to ``image_size`` (native units); None if skipped."""
-        try:
-            if not image.path.is_file():
-                raise UnreadableFile(image.path, f"missing: the spreadsheet lists it on line {image.line}")
-            array = read_image(image.path).array
-        except UnreadableFile as error:
-            self.unreadable_file(error, image.patient)
-            return None
+    def read_items(self, radiograph: Radiograph) -> Items:
+        """The image padded to a square and resized to ``image_size`` (native units), and its label."""
+        image = radiograph.image
+        if not image.path.is_file():
+            raise UnreadableFile(image.path, f"missing: the spreadsheet lists it on line {image.line}")
+        array = read_image(image.path).array
         if array.ndim == 3 and len(array) == 1:
             array = array[0]
         if array.ndim != 2:
@@ -260,14 +224,14 @@ class XrayChestCohort(Cohort):
         size = self.params.image_size
         # pixels as the unit: the whole image fits the square, aspect ratio kept, zero padding on the short side
         step = max(array.shape) / size
-        return to_grid(array[None].astype(np.float32), (1.0, 1.0), size, step, 1)[0]
+        return to_grid(array[None].astype(np.float32), (1.0, 1.0), size, step, 1), np.array([image.target])
 
     @classmethod
     def check_root(cls, root: Path) -> None:
         root = Path(root)
         if not root.is_dir():
             raise DataError(f"{root}: not a folder; expected the BRAX release here; {OBTAIN}")
-        sheet = find_sheet(root)
+        sheet = find_file([root], SHEETS)
         if sheet is None:
             raise DataError(f"{root}: no {' or '.join(SHEETS)} found; {OBTAIN}")
         read_sheet(sheet)

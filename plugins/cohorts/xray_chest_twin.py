@@ -36,13 +36,34 @@ from harmonia.synth import acquire, signature_for, smooth_field
 
 SHEET = "master_spreadsheet_update.csv"
 FINDINGS = [
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
+    "No Finding",
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Lesion",
+    "Lung Opacity",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
 ]
 COLUMNS = [
-    "DicomPath", "PngPath", "PatientID", "PatientSex", "PatientAge", "AccessionNumber", "StudyDate",
-    *FINDINGS, "ViewPosition", "Rows", "Columns", "Manufacturer",
+    "DicomPath",
+    "PngPath",
+    "PatientID",
+    "PatientSex",
+    "PatientAge",
+    "AccessionNumber",
+    "StudyDate",
+    *FINDINGS,
+    "ViewPosition",
+    "Rows",
+    "Columns",
+    "Manufacturer",
 ]
 #: stored values are 12-bit; the PNGs scale them linearly to 8 bits
 FULL_SCALE = 4095.0
@@ -171,8 +192,9 @@ def uid(*parts: object) -> str:
     return str(generate_uid(entropy_srcs=[str(p) for p in parts]))
 
 
-def write_image(out: Path, patient_id: str, study: int, chest: Chest, code: str, settings: TwinSettings,
-                rng: np.random.Generator) -> dict[str, object]:
+def write_image(
+    out: Path, patient_id: str, study: int, chest: Chest, code: str, settings: TwinSettings, rng: np.random.Generator
+) -> dict[str, object]:
     """One radiograph as DICOM and PNG; returns its spreadsheet cells (paths relative to ``out``)."""
     detector = DETECTORS[code]
     pixel = detector.pixel_mm * rng.uniform(0.97, 1.03)
@@ -189,11 +211,18 @@ def write_image(out: Path, patient_id: str, study: int, chest: Chest, code: str,
     dicom = Path("Anonymized_DICOMs") / where / f"image-{image_uid}.dcm"
     png = Path("images") / where / f"image-{image_uid}.png"
     write_dicom_series(
-        out / dicom.parent, image, (pixel, pixel), modality=detector.modality,
+        out / dicom.parent,
+        image,
+        (pixel, pixel),
+        modality=detector.modality,
         # BRAX conceals manufacturers behind integer codes: the tag is there but blanked
-        manufacturer="", patient_name=str(rng.choice(FAKE_NAMES)), patient_id=patient_id,
-        birth_date=f"19{int(rng.integers(30, 99))}0101", study_uid=study_uid,
-        extra={"SeriesInstanceUID": series_uid}, file_name=dicom.name,
+        manufacturer="",
+        patient_name=str(rng.choice(FAKE_NAMES)),
+        patient_id=patient_id,
+        birth_date=f"19{int(rng.integers(30, 99))}0101",
+        study_uid=study_uid,
+        extra={"SeriesInstanceUID": series_uid},
+        file_name=dicom.name,
     )
     (out / png).parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(sitk.GetImageFromArray(np.rint(image / FULL_SCALE * 255).astype(np.uint8)), str(out / png))
