@@ -5,7 +5,7 @@ vendor's twin patients and tested (ROC AUC) on held-out patients of the same and
 vendor, over several seeds, through ``harmonia.runner.run`` (the real protocol: patient-level
 splits, model selection on the training vendor's validation patients only). Prints, per cohort
 and by modality, the mean same-vendor AUC, other-vendor AUC and their difference (delta), the
-quantity seed 001 reports as MRI -0.097 < X-ray -0.067 < CT -0.026.
+quantity Guo et al. report as MRI -0.097 < X-ray -0.067 < CT -0.026.
 
 The probe and the AUC are defined here as measuring instruments only; they are not the
 study's models (MRNet2D, NoduleX, DenseNet-121).

@@ -167,7 +167,7 @@ class ImageSet:
     """Images of one or more patients held in memory, one row per training item.
 
     ``images`` are float32 ``[N, C, *spatial]`` in the modality's native units (z-scoring is the
-    engine's job, so that mitigations such as ``gaussian_noise`` can act in native units).
+    engine's job, so that a mitigation can act in native units, e.g. noise in HU).
     ``targets`` are int64: ``[N, *spatial]`` label maps for segmentation, ``[N]`` for classification.
     ``patients`` and ``domains`` give each item's pseudonymous patient and its scanner domain.
     """

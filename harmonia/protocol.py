@@ -1,4 +1,4 @@
-"""The cross-scanner protocol (seed 001, Fig. 1) over every sweep point of an experiment.
+"""The cross-scanner protocol (Guo et al., Fig. 1) over every sweep point of an experiment.
 
 For seed i and training domain j: split each domain's patients 2/3, 1/6, 1/6; train M_j on
 Train_j with epoch selection on Val_j; test on Test_k for every domain k. Mitigations get

@@ -339,7 +339,7 @@ def domain_rank(results: pd.DataFrame) -> dict[str, int]:
 
 
 def summarize(results: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
-    """Table 2 of seed 001: per sweep point, training domain and metric, same- vs other-domain mean ± sd and Δ.
+    """Table 2 of Guo et al.: per sweep point, training domain and metric, same- vs other-domain mean ± sd and Δ.
 
     For each seed the other-domain value is the mean over all other test domains; mean and sample
     standard deviation are then taken over seeds, and Δ = other mean − same mean.

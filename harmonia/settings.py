@@ -14,7 +14,7 @@ from harmonia.api import StrictModel
 
 
 class TrainSpec(StrictModel):
-    """Training settings of every (seed, training domain) cell; defaults are the paper's (seed 001)."""
+    """Training settings of every (seed, training domain) cell; defaults are those of Guo et al."""
 
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(50, ge=1)

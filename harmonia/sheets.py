@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import re
+import zipfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -38,8 +40,11 @@ def read_table(
         raise DataError(
             f"{path}: reading {path.suffix} needs openpyxl/xlrd ({exc}); install it or save the sheet as CSV"
         ) from exc
-    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+    # csv.Error: an empty CSV whose delimiter is sniffed; BadZipFile: an .xlsx that is not a workbook
+    except (OSError, ValueError, KeyError, csv.Error, zipfile.BadZipFile, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: unreadable {what} ({one_line(exc)})") from exc
+    if table.empty and len(table.columns) == 0:
+        raise DataError(f"{path}: the {what} is empty")
     if header is not None:
         table.columns = [str(c).strip() for c in table.columns]
     return table

@@ -1,4 +1,4 @@
-"""Patient-level train/validation/test splits per scanner domain (seed 001, Fig. 1): 2/3, 1/6, 1/6.
+"""Patient-level train/validation/test splits per scanner domain (Guo et al., Fig. 1): 2/3, 1/6, 1/6.
 
 Patients, never images, are assigned to splits, so no patient is in two splits. Where the cohort
 gives a stratum (the label), each split keeps the domain's label mix as closely as counts allow.

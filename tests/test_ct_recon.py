@@ -1,4 +1,4 @@
-"""The ct_recon cohort (paired reconstructions, seed 003): loader against its twin, aliases, malformed copies."""
+"""The ct_recon cohort (paired reconstructions of Lee et al.): loader against its twin, aliases, malformed copies."""
 
 from __future__ import annotations
 

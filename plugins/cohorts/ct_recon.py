@@ -1,4 +1,4 @@
-"""Paired CT reconstructions (seed 003): the same abdominal exams reconstructed several ways; liver segmentation.
+"""Paired CT reconstructions (Lee et al.): the same abdominal exams reconstructed several ways; liver segmentation.
 
 Seed 003 reconstructed each dual-energy portal-phase CT six ways: filtered back projection (FBP),
 iterative reconstruction (IR), virtual mono-energetic images at 40, 60 and 80 keV (M40, M60, M80)
@@ -35,7 +35,7 @@ from harmonia.geometry import to_grid
 from harmonia.io import MedicalImage, find_series, read_image, read_seg, seg_segment_labels
 from harmonia_plugins.cohorts.ct_recon_twin import write_twin
 
-#: seed 003's reconstructions, in the order of its tables
+#: Lee et al.'s reconstructions, in the order of their tables
 RECONS = ("FBP", "IR", "M40", "M60", "M80", "OC")
 REFERENCE = "M80"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
@@ -60,7 +60,7 @@ RECON_HELP = (
     "OC (oc, opt, optimum_contrast); names are matched ignoring case, spaces, '-', '_' and '.'"
 )
 OBTAIN = (
-    "seed 003's exams are not public (its authors share them on request); arrange paired reconstructions as "
+    "Lee et al.'s exams are not public (the authors share them on request); arrange paired reconstructions as "
     "<root>/<exam>/<recon>/ (DICOM) or <root>/<exam>/<recon>.nii.gz plus <root>/<exam>/liver_mask.nii.gz "
     "(docs/data/ct_recon.md) and point cohort.root (or $HARMONIA_DATA/ct_recon) at <root>"
 )
@@ -96,7 +96,8 @@ class ReconParams(SliceParams):
         "alias (mono40, SAFIRE, OPT...)",
     )
     reference: str = Field(
-        REFERENCE, description="the reconstruction whose grid the liver mask lies on (seed 003: M80, its ground truth)"
+        REFERENCE,
+        description="the reconstruction whose grid the liver mask lies on (Lee et al.: M80, their ground truth)",
     )
     liver_slices_only: bool = Field(
         True, description="keep only slices with liver in the mask (False: every slice of the exam)"

@@ -1,4 +1,4 @@
-"""Synthetic twin of a paired-reconstruction liver CT set (seed 003): SYNTHETIC phantoms, not patients.
+"""Synthetic twin of a paired-reconstruction liver CT set (Lee et al.): SYNTHETIC phantoms, not patients.
 
 Seed 003 reconstructed each portal-phase dual-energy abdominal CT six ways (FBP, iterative
 reconstruction, virtual mono-energetic 40, 60 and 80 keV, optimum contrast) and segmented the
@@ -10,8 +10,8 @@ documents for such a set (see :mod:`harmonia_plugins.cohorts.ct_recon`)::
     <out>/<exam>/liver_mask.nii.gz                 on the 80 keV grid (the first exam: a DICOM SEG, liver_mask/)
 
 Every reconstruction of an exam images the same phantom abdomen (the shared phantom
-:func:`~harmonia.synth.abdomen.abdomen`, sized like seed 003's children and
-adolescents) on one grid, and differs only as seed 003 describes: iodine contrast rises steeply
+:func:`~harmonia.synth.abdomen.abdomen`, sized like Lee et al.'s children and
+adolescents) on one grid, and differs only as Lee et al. describe: iodine contrast rises steeply
 towards 40 keV, with much more noise; 80 keV is the reference; 60 keV lies between; FBP is
 noisier than IR, whose noise is coarser; optimum contrast blends low- and high-energy contrast.
 Each reconstruction is a per-tissue HU table plus a noise level, noise texture and blur, applied
@@ -35,7 +35,7 @@ from harmonia.synth import Noise, Psf, ScannerSignature, acquire
 from harmonia.synth.abdomen import LIVER, MUSCLE, TISSUES, Grid, abdomen, draw_anatomy
 
 REFERENCE = "M80"
-#: the order of seed 003's tables
+#: the order of Lee et al.'s tables
 RECONS = ("FBP", "IR", "M40", "M60", "M80", "OC")
 #: how the NIfTI exams name each reconstruction's file (any spelling the loader's alias table must accept)
 NIFTI_NAMES = {
@@ -132,7 +132,7 @@ def write_exam(folder: Path, number: int, settings: TwinSettings) -> None:
     """One exam: the phantom rendered by every reconstruction, and the liver mask on the reference grid."""
     exam_id = folder.name
     rng = np.random.default_rng(derive_seed("ct_recon-twin", settings.seed, exam_id))
-    # seed 003's patients were 7 months to 49 years old (mean 10): bodies from toddler to adult size
+    # Lee et al.'s patients were 7 months to 49 years old (mean 10): bodies from toddler to adult size
     anatomy = draw_anatomy(rng, scale=float(rng.uniform(0.55, 1.0)))
     lo, hi = (z * anatomy.scale for z in SCAN_RANGE_MM)
     pixel = PIXEL_MM * anatomy.scale

@@ -1,1 +1,1 @@
-"""First-party harmonia plugins, registered through the `harmonia` entry-point group."""
+"""First-party model plugins, registered directly by the core (``harmonia.registry.FIRST_PARTY_MODULES``)."""
