@@ -20,13 +20,14 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
 
-from harmonia.api import Params, PluginKind, StrictModel, Task, TwinSettings
+from harmonia.api import Params, PluginKind, Task, TwinSettings
 from harmonia.errors import PluginError, RecipeError
 from harmonia.plugin_params import InvalidParams, key_path, validate_params
 from harmonia.registry import Registry, default_registry
 
 # TrainSpec lives below the engine (harmonia.settings); recipe users may still import it from here
 from harmonia.settings import TrainSpec
+from harmonia.strict import StrictModel
 
 #: most values a recipe may hold, counting every use of a YAML alias (an "alias bomb" expands exponentially)
 MAX_RECIPE_VALUES = 100_000

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from harmonia.api import StrictModel
+from harmonia.strict import StrictModel
 
 
 class TrainSpec(StrictModel):
