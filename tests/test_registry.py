@@ -271,10 +271,13 @@ def test_a_broken_plugin_fails_alone(broken, site, tmp_path, monkeypatch, capsys
         rf"\n  {broken.recipe_name} .* from harmonia-broken 0\.3 \(thirdparty_\w+\) .*{broken.reason}", failed
     )
 
-    assert main(["validate", write_recipe(tmp_path, ["pixel_accuracy"])]) == 0
+    quick = ["--set", "train.seeds=1", "--set", "train.epochs=1"]
+    assert main(["run", write_recipe(tmp_path, ["pixel_accuracy"]), "--out", str(tmp_path / "ok"), *quick]) == 0
+    assert (tmp_path / "ok" / "results.csv").exists()
     capsys.readouterr()
 
-    assert main(["validate", write_recipe(tmp_path, [broken.recipe_name])]) == 2
+    assert main(["run", write_recipe(tmp_path, [broken.recipe_name]), "--out", str(tmp_path / "no"), *quick]) == 2
+    assert not (tmp_path / "no").exists()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert re.search(
