@@ -153,8 +153,8 @@ class Trainer:
             score = None
             if self.settings.selection == "best_val":
                 result.selection_metric, score = self._validation_score(val)
-                if best_state is None or score > best_score:
-                    best_score, best_state = score, _cpu_state(self.model)
+                if best_state is None or self._preference(score) > best_score:
+                    best_score, best_state = self._preference(score), _cpu_state(self.model)
                     result.selected_epoch = epoch
             record = EpochRecord(epoch, mean_loss, score)
             result.history.append(record)
@@ -217,10 +217,16 @@ class Trainer:
         return Predictions(self.task, data.targets, predicted, data.patients, probabilities)
 
     def _validation_score(self, val: ImageSet) -> tuple[str, float]:
-        """The selector's primary metric on ``val``: its name and a score where larger is better."""
+        """The selector's primary metric on ``val``: its name and its value, as the evaluator gives it."""
         metric = self.selector.evaluate(self.predictions(val, self.selector.needs_probabilities))[0]
-        value = metric.value if math.isfinite(metric.value) else -math.inf
-        return metric.name, (value if self.selector.higher_is_better else -value)
+        return metric.name, metric.value
+
+    def _preference(self, value: float) -> float:
+        """How good a validation value is, larger better: the value, or its negation for a lower-is-better
+        evaluator; a NaN or infinite value is the worst, whichever way the evaluator points."""
+        if not math.isfinite(value):
+            return -math.inf
+        return value if self.selector.higher_is_better else -value
 
     # -- helpers ----------------------------------------------------------------------------
 

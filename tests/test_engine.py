@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from toy_plugins import PixelAccuracy, ToyNet, ToyNetParams
 
-from harmonia.api import ImageSet, Mitigation, NoParams, Task
+from harmonia.api import ImageSet, Metric, Mitigation, NoParams, Task
 from harmonia.engine import Trainer, zscore
 from harmonia.errors import InputError, TrainingDiverged
 from harmonia.settings import TrainSpec
@@ -66,6 +66,33 @@ def test_best_validation_epoch_is_kept():
     assert result.selected_epoch == int(np.argmax(scores))
     kept = PixelAccuracy(NoParams(), TASK).evaluate(t.predictions(val))[0].value
     assert kept == pytest.approx(max(scores))
+
+
+class ScriptedError(PixelAccuracy):
+    """A lower-is-better validation metric that reads its values from a script, one per epoch."""
+
+    name = "scripted_error"
+    higher_is_better = False
+    script: list = []
+
+    def evaluate(self, predictions):
+        return [Metric("error", ScriptedError.script.pop(0), 1)]
+
+
+@pytest.mark.parametrize(
+    "values, kept",
+    [([0.4, 0.2, 0.3], 1), ([0.4, math.nan, 0.3], 2), ([math.nan, 0.5, math.inf], 1)],
+)
+def test_a_lower_is_better_selector_keeps_its_lowest_finite_epoch(values, kept):
+    ScriptedError.script = list(values)
+    t = trainer(epochs=3)
+    t.selector = ScriptedError(NoParams(), TASK)
+    result = t.fit(toy_set(), toy_set(seed=1), None)
+    assert result.selected_epoch == kept
+    history = [r.val_score for r in result.history]  # the metric as the evaluator gave it, not negated
+    assert history[kept] == values[kept] and all(
+        h == v or (math.isnan(h) and math.isnan(v)) for h, v in zip(history, values)
+    )
 
 
 class Recorder(Mitigation):

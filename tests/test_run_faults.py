@@ -330,3 +330,11 @@ def test_save_models_keeps_each_cells_selected_model_for_harmonia_load_model(fau
     assert saved == ["sweep0-seed0-A.pt", "sweep0-seed0-B.pt", "sweep0-seed1-A.pt", "sweep0-seed1-B.pt"]
     model = harmonia.load_model(run_dir / "models" / "sweep0-seed1-B.pt", registry=faulty)
     assert model.name == "toynet" and model.params.width == 4
+
+
+def test_a_read_only_run_folder_is_one_line_and_exit_2(faulty, toy_recipe, tmp_path, capsys, monkeypatch):
+    # root ignores file modes, so the read-only filesystem is simulated where harmonia asks about it
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    assert main(["run", recipe_file(tmp_path, toy_recipe), "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip() == f"harmonia: error: {tmp_path / 'run'}: the run folder is not writable"
