@@ -94,25 +94,37 @@ class ImageSet:
 
     ``images`` are float32 ``[N, C, *spatial]`` in the modality's native units (z-scoring is the
     engine's job, so that a mitigation can act in native units, e.g. noise in HU).
-    ``targets`` are int64: ``[N, *spatial]`` label maps for segmentation, ``[N]`` for classification.
+    ``targets`` are int64: ``[N, *spatial]`` label maps for segmentation, ``[N]`` for classification;
+    None for an *unlabelled* set, which is how a mitigation without ``uses_target_labels`` receives
+    the target-domain images (None rather than a placeholder, so that any use of the labels fails at once).
     ``patients`` and ``domains`` give each item's pseudonymous patient and its scanner domain.
     """
 
     images: torch.Tensor
-    targets: torch.Tensor
+    targets: torch.Tensor | None
     patients: np.ndarray
     domains: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.images)
-        if not (len(self.targets) == len(self.patients) == len(self.domains) == n):
+        n_targets = n if self.targets is None else len(self.targets)
+        if not (n_targets == len(self.patients) == len(self.domains) == n):
             raise ValueError(
-                f"ImageSet fields differ in length: images {n}, targets {len(self.targets)}, "
+                f"ImageSet fields differ in length: images {n}, targets {n_targets}, "
                 f"patients {len(self.patients)}, domains {len(self.domains)}"
             )
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the set carries its labels (``targets`` is not None)."""
+        return self.targets is not None
+
+    def without_targets(self) -> ImageSet:
+        """The same items with no labels (``targets`` None); the tensors are shared, not copied."""
+        return ImageSet(self.images, None, self.patients, self.domains)
 
     def take(self, index: np.ndarray | Sequence[int] | torch.Tensor) -> ImageSet:
         """The items at ``index`` (integer positions or a boolean mask)."""
@@ -120,7 +132,8 @@ class ImageSet:
         if index.dtype == bool:
             index = np.flatnonzero(index)
         t = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[t], self.targets[t], self.patients[index], self.domains[index])
+        targets = None if self.targets is None else self.targets[t]
+        return ImageSet(self.images[t], targets, self.patients[index], self.domains[index])
 
     def of_patients(self, patients: Sequence[str], domain: str | None = None) -> ImageSet:
         """The items that belong to ``patients`` (only those of ``domain`` when given: paired cohorts
@@ -132,12 +145,19 @@ class ImageSet:
 
     @staticmethod
     def concat(sets: Sequence[ImageSet]) -> ImageSet:
+        """The items of ``sets`` in order; labelled and unlabelled sets do not mix (a ValueError saying why)."""
         sets = [s for s in sets if len(s)]
         if not sets:
             raise ValueError("cannot concatenate an empty list of image sets")
+        labelled = {s.labelled for s in sets}
+        if len(labelled) > 1:
+            raise ValueError(
+                "cannot join labelled and unlabelled image sets: target-domain images reach a mitigation "
+                "without labels unless it sets uses_target_labels = True"
+            )
         return ImageSet(
             torch.cat([s.images for s in sets]),
-            torch.cat([s.targets for s in sets]),
+            torch.cat([s.targets for s in sets]) if labelled == {True} else None,
             np.concatenate([s.patients for s in sets]),
             np.concatenate([s.domains for s in sets]),
         )
@@ -392,18 +412,35 @@ TaskLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass
 class ModelOutput:
-    """A model's answer: ``logits`` ``[N, classes, ...]`` and the ``features`` DANN and probes attach to."""
+    """A model's answer: ``logits`` ``[N, classes, ...]`` and the ``features`` DANN and probes attach to.
+
+    ``levels`` are optional intermediate feature maps, shallowest first (a U-Net: each encoder level,
+    the bottleneck last), one per entry of :attr:`Model.level_channels`; empty when the model exposes none.
+    """
 
     logits: torch.Tensor
     features: torch.Tensor
+    levels: tuple[torch.Tensor, ...] = ()
+
+    def split(self, n: int) -> tuple[ModelOutput, ModelOutput]:
+        """The output of the first ``n`` items and that of the rest (a joint forward pass, taken apart)."""
+        first = ModelOutput(self.logits[:n], self.features[:n], tuple(level[:n] for level in self.levels))
+        rest = ModelOutput(self.logits[n:], self.features[n:], tuple(level[n:] for level in self.levels))
+        return first, rest
 
 
 class Model(Plugin, nn.Module):
-    """A task network. ``forward`` returns a :class:`ModelOutput`; ``feature_channels`` sizes heads on its features."""
+    """A task network. ``forward`` returns a :class:`ModelOutput`; ``feature_channels`` sizes heads on its features.
+
+    A model may also expose intermediate feature maps as ``ModelOutput.levels``, with their channel
+    counts in ``level_channels`` (DANN's ``features: multilevel`` reads them).
+    """
 
     kind: ClassVar[PluginKind] = "model"
     #: task kinds this model can solve
     tasks: ClassVar[tuple[TaskKind, ...]] = ("segmentation", "classification")
+    #: channels of each entry of ``ModelOutput.levels``, shallowest first; empty: the model exposes no levels
+    level_channels: tuple[int, ...] = ()
 
     def __init__(self, params: Params, task: Task):
         nn.Module.__init__(self)
@@ -436,7 +473,9 @@ class TrainStep:
 
     ``images`` / ``targets`` / ``output`` are the (augmented, z-scored) source batch and the model's
     answer on it. ``target_images`` / ``target_output`` are an unlabeled batch from the other
-    domains' *train* splits, present only when a mitigation sets ``uses_target_images``.
+    domains' *train* splits, present only when a mitigation sets ``uses_target_images``; there are
+    never target labels here. With a joint forward (``Mitigation.joint_forward``) both outputs are
+    the two parts of one pass over the concatenated batch.
     ``progress`` runs from 0 at the first step to 1 at the last.
     """
 
@@ -466,14 +505,24 @@ class Mitigation(Plugin):
     6. :meth:`augment_batch` - change each training batch, in ``batch_space`` units;
     7. :meth:`extra_loss` - add a term to the training loss at each step.
 
+    Besides the stages, :meth:`epoch_metrics` reports figures for ``history.csv`` at each epoch's end.
+
     Within a stage, mitigations act in the recipe's order. Target-domain data reaches a
-    mitigation only from the other domains' train splits.
+    mitigation only from the other domains' train splits, and without its labels (``targets``
+    None) unless the mitigation sets ``uses_target_labels``.
     A fresh instance is made for every cell, so state never leaks between cells.
     """
 
     kind: ClassVar[PluginKind] = "mitigation"
     #: when True the engine draws an unlabeled target-domain batch at every step (see TrainStep)
     uses_target_images: ClassVar[bool] = False
+    #: when True ``target_train`` keeps its labels in adjust_training_set and fit (supervised target mixing);
+    #: otherwise its ``targets`` are None
+    uses_target_labels: ClassVar[bool] = False
+    #: when True (on the class, or set on an instance from its parameters) and a target batch is drawn,
+    #: the model runs once on source and target concatenated, so normalisation layers with batch
+    #: statistics see both domains together; the task loss still sees only the source part
+    joint_forward: bool = False
     #: units of the images :meth:`augment_batch` receives: native (e.g. HU) or z-scored
     batch_space: ClassVar[Literal["native", "normalized"]] = "normalized"
 
@@ -506,6 +555,13 @@ class Mitigation(Plugin):
 
     def extra_loss(self, step: TrainStep) -> torch.Tensor | None:
         return None
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Figures about the epoch just trained (e.g. a mean over its steps), called once at each epoch's end.
+
+        Each key ``k`` becomes the ``history.csv`` column ``<name>.k``. Not a stage: it changes nothing.
+        """
+        return {}
 
     @classmethod
     def stages(cls) -> list[str]:

@@ -149,7 +149,7 @@ def _console_level(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from harmonia import runner
     from harmonia.progress import Progress, TerminalProgress
-    from harmonia.report import console_table, gap_comparison
+    from harmonia.report import console_lines
 
     if bool(args.recipe) == bool(args.resume):
         raise InputError("run: give either a RECIPE or --resume RUN_DIR")
@@ -165,11 +165,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     synthetic = (results["data"] == "synthetic").any() if not results.empty else False
     print()
     print(f"Results{' (SYNTHETIC data)' if synthetic else ''}:")
-    print(console_table(results))
-    if not results.empty:
-        print()
-        for line in gap_comparison(results):
-            print(line)
+    for line in console_lines(results, result.manifest):
+        print(line)
     print(f"\nrun folder: {result.path}  (report: {result.path / 'report.md'})")
     return EXIT_OK
 

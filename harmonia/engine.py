@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from harmonia.api import Evaluator, ImageSet, Mitigation, Model, Predictions, TrainStep
+from harmonia.api import Evaluator, ImageSet, Mitigation, Model, ModelOutput, Predictions, TrainStep
 from harmonia.errors import TrainingDiverged
 from harmonia.settings import TrainSpec
 from harmonia.stages import MitigationStack
@@ -44,11 +44,13 @@ def zscore(images: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EpochRecord:
-    """What one epoch did: mean training loss and the validation score used for selection."""
+    """What one epoch did: mean training loss, the validation score used for selection, and the
+    mitigations' epoch metrics keyed ``<mitigation>.<metric>`` (extra ``history.csv`` columns)."""
 
     epoch: int
     train_loss: float
     val_score: float | None
+    extras: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -75,8 +77,13 @@ class Trainer:
         selector: Evaluator,
         settings: TrainSpec,
         device: torch.device,
+        batch_seed: int | None = None,
     ):
         self.model = model
+        #: the batch order's own generator (torch's global one when ``batch_seed`` is None), so that
+        #: mitigations drawing random numbers (a discriminator's initial weights, an augmentation) leave it
+        #: unchanged: common random numbers across sweep points
+        self._batch_order = None if batch_seed is None else torch.Generator().manual_seed(batch_seed)
         self.stack = MitigationStack(mitigations)
         self.selector = selector
         self.settings = settings
@@ -107,6 +114,7 @@ class Trainer:
         stack.fit(train, target_train, self.device)
         train_images = stack.transform_images(train.images)
         target_images = stack.transform_images(target_train.images) if stack.needs_target_images else None
+        draw_targets = target_images is not None and stack.adds_loss
 
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
@@ -129,18 +137,20 @@ class Trainer:
             self.model.train()
             extra_modules.train()
             losses = []
-            for index in torch.randperm(n).split(batch):
+            for index in torch.randperm(n, generator=self._batch_order).split(batch):
                 if len(index) < 2 and n > 1:
                     continue  # a batch of one breaks normalisation layers; its items are seen next epoch
                 x = train_images[index].to(self.device, non_blocking=True)
                 y = train.targets[index].to(self.device, non_blocking=True)
                 x, y = stack.augment_batch(x, y, normalize=zscore)
+                target_x = self._target_batch(target_images, len(x)) if draw_targets else None
                 with self._autocast():
-                    output = self.model(self._layout(x))
+                    output, target_output = self._forward(x, target_x)
                     loss = self.loss_fn(output.logits, y)
                     if stack.adds_loss:
                         progress = step / max(1, total_steps - 1)
-                        extra = self._extra_loss(x, y, output, target_images, progress, epoch, step)
+                        info = TrainStep(self.model, x, y, output, progress, epoch, step, target_x, target_output)
+                        extra = stack.extra_loss(info)
                         if extra is not None:
                             loss = loss + extra
                 optimizer.zero_grad(set_to_none=True)
@@ -156,7 +166,7 @@ class Trainer:
                 if best_state is None or self._preference(score) > best_score:
                     best_score, best_state = self._preference(score), _cpu_state(self.model)
                     result.selected_epoch = epoch
-            record = EpochRecord(epoch, mean_loss, score)
+            record = EpochRecord(epoch, mean_loss, score, stack.epoch_metrics())
             result.history.append(record)
             if on_epoch is not None:
                 on_epoch(record)
@@ -166,15 +176,19 @@ class Trainer:
             self.model.load_state_dict(best_state)
         return result
 
-    def _extra_loss(self, x, y, output, target_images, progress, epoch, step) -> torch.Tensor | None:
-        """The mitigations' loss terms, with a fresh unlabeled target batch when one of them uses target images."""
-        target_x = target_output = None
-        if target_images is not None:
-            pick = torch.randint(len(target_images), (len(x),))
-            target_x = self._layout(zscore(target_images[pick].to(self.device, non_blocking=True)))
-            target_output = self.model(target_x)
-        step_info = TrainStep(self.model, x, y, output, progress, epoch, step, target_x, target_output)
-        return self.stack.extra_loss(step_info)
+    def _target_batch(self, target_images: torch.Tensor, size: int) -> torch.Tensor:
+        """``size`` target-domain images drawn at random (with replacement), z-scored, on the device."""
+        pick = torch.randint(len(target_images), (size,))
+        return self._layout(zscore(target_images[pick].to(self.device, non_blocking=True)))
+
+    def _forward(self, x: torch.Tensor, target_x: torch.Tensor | None) -> tuple[ModelOutput, ModelOutput | None]:
+        """The model's output on the source batch and on the target batch (None without one): two passes,
+        or one over both concatenated when a mitigation asks for a joint forward."""
+        if target_x is None:
+            return self.model(self._layout(x)), None
+        if self.stack.joint_forward:
+            return self.model(self._layout(torch.cat([x, target_x]))).split(len(x))
+        return self.model(self._layout(x)), self.model(target_x)
 
     def _epoch_loss(self, losses: list[torch.Tensor], epoch: int) -> float:
         """The epoch's mean training loss; TrainingDiverged naming the first step whose loss is not finite.

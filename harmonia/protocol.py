@@ -8,6 +8,7 @@ training domain) cell is seeded from what it is and saved when it finishes.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -94,13 +95,30 @@ def plan_cells(experiment: Experiment, domains_of: Callable[[SweepPoint], list[s
     ]
 
 
+def cohort_key(point: SweepPoint) -> str:
+    """What identifies a cohort's patients for splitting: its plugin and parameters (not its folder, not the recipe)."""
+    cohort = point.recipe.cohort
+    return json.dumps({"plugin": cohort.plugin, "params": cohort.params}, sort_keys=True, separators=(",", ":"))
+
+
 def split_seed(point: SweepPoint, seed: int) -> int:
-    """Splits depend on the recipe, cohort and seed index only, so sweep points are compared on the same splits."""
-    return derive_seed(point.recipe.name, "split", point.recipe.cohort.plugin, seed)
+    """Splits depend on the cohort, its parameters and the seed index only, so every sweep point and every
+    recipe on the same cohort is compared on the same patients; renaming a recipe changes nothing."""
+    return derive_seed("split", cohort_key(point), seed)
 
 
 def train_seed(cell: Cell) -> int:
-    return derive_seed(cell.point.recipe.name, cell.point.id, cell.seed, cell.train_domain)
+    """The cell's seed for everything but the model's initial weights and the batch order (see below)."""
+    return derive_seed("train", cohort_key(cell.point), cell.point.id, cell.seed, cell.train_domain)
+
+
+def common_seed(cell: Cell, purpose: str) -> int:
+    """A seed shared by every sweep point with the same cohort and model (common random numbers): the same
+    initial weights (``purpose="init"``) and batch order (``"batches"``) for a seed and training domain,
+    so that a mitigation is compared with its baseline on the same draws."""
+    model = cell.point.recipe.model
+    model_key = json.dumps({"plugin": model.plugin, "params": model.params}, sort_keys=True, separators=(",", ":"))
+    return derive_seed(purpose, cohort_key(cell.point), model_key, cell.seed, cell.train_domain)
 
 
 def run_cell(
@@ -133,11 +151,12 @@ def run_cell(
     ]
     rng = np.random.default_rng(seed)
     train = MitigationStack(mitigations).adjust_training_set(train, target_train, rng)
+    torch.manual_seed(common_seed(cell, "init"))  # the same initial weights for every point with this model
     model: Model = registry.create("model", recipe.model.plugin, recipe.model.params_for_create, task)
     evaluators: list[Evaluator] = [
         registry.create("evaluator", s.plugin, s.params_for_create, task) for s in recipe.evaluate
     ]
-    trainer = Trainer(model, mitigations, evaluators[0], recipe.train, device)
+    trainer = Trainer(model, mitigations, evaluators[0], recipe.train, device, common_seed(cell, "batches"))
     record = trainer.fit(train, val, target_train, on_epoch)
     if recipe.train.save_models and models_dir is not None:
         info = CheckpointInfo(
@@ -169,7 +188,14 @@ def run_cell(
         for evaluator in evaluators:
             for metric in evaluator.evaluate(predictions):
                 rows.append(
-                    {**base, "test_domain": test_domain, "metric": metric.name, "value": metric.value, "n": metric.n}
+                    {
+                        **base,
+                        "test_domain": test_domain,
+                        "metric": metric.name,
+                        "value": metric.value,
+                        "n": metric.n,
+                        "higher_is_better": evaluator.higher_is_better,  # for the manifest, not a results.csv column
+                    }
                 )
     return rows, record
 
@@ -375,10 +401,12 @@ def _run_cells(
                 "train_loss": e.train_loss,
                 "val_score": e.val_score,
                 "selected": e.epoch == record.selected_epoch,
+                **e.extras,
             }
             for e in record.history
         ]
         folder.add_cell(cell.key, rows, history)
+        folder.record_metrics(rows)
         primary = rows[0]["metric"] if rows else "?"
         same = [r["value"] for r in rows if r["metric"] == primary and r["test_domain"] == cell.train_domain]
         detail = f": same-domain {primary} {same[0]:.3f}, epoch {record.selected_epoch} kept" if same else ": done"

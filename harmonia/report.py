@@ -1,12 +1,15 @@
 """Reports of a run folder: the console table, ``report.md`` and ``figures/``.
 
 Everything here is read back from ``results.csv`` and ``manifest.json``, so a report can be
-rebuilt at any time (``harmonia report RUN_DIR``), also for an interrupted run.
+rebuilt at any time (``harmonia report RUN_DIR``), also for an interrupted run. The report covers
+every metric; the console shows the primary one. The comparisons' statistics are in
+:mod:`harmonia.statistics`.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -15,14 +18,30 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from harmonia import statistics  # noqa: E402
 from harmonia.errors import InputError  # noqa: E402
 from harmonia.results import TAIL_COLUMNS, RunFolder, atomic_write_text, domain_rank, read_results, summarize  # noqa: E402
 
+#: how the comparisons are made, said once in report.md (docs/protocol.md has the details)
+METHOD_NOTE = [
+    "Each setting (a sweep point with mitigations) is paired with the baseline point without mitigations that",
+    "has the same value of every swept key except the mitigation keys; a setting with no such baseline is not",
+    "compared. The pairing is per (seed, training domain) cell; the paired differences are averaged over the",
+    "training domains of each seed, because the cells of one seed share its splits, so n is the number of seeds.",
+    "Each interval is a 95% CI by Student's t with n − 1 degrees of freedom: a paired t over seeds for a change,",
+    "a one-sample t over seeds for a baseline's Δ. The verdict uses the narrowing of the gap (baseline gap −",
+    "setting gap, positive = narrower, oriented by which way the metric is better): narrowed or widened when its",
+    "two-sided t-test p, Holm-adjusted over the settings compared on the metric, is below 0.05, otherwise no",
+    "clear change. A narrowed gap is flagged when the same-domain value clearly got worse (its 95% CI excludes 0",
+    "on the bad side).",
+]
 
-def _pm(mean: float, sd: float) -> str:
+
+def _pm(mean: float, sd: float, signed: bool = False) -> str:
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.3f} ± {sd:.3f}" if not math.isnan(sd) else f"{mean:.3f}"
+    shown = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{shown} ± {sd:.3f}" if not math.isnan(sd) else shown
 
 
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
@@ -33,9 +52,39 @@ def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     return read_results(folder.results_path), folder.read_manifest()
 
 
-def primary_metric(results: pd.DataFrame) -> str:
-    """The first metric of the first evaluator (the one epochs are selected on)."""
+@dataclass(frozen=True)
+class MetricInfo:
+    """A metric of the run and which way is better, as the manifest recorded it at run time.
+
+    ``recorded`` is False for a run folder from before harmonia recorded it; higher is then assumed better.
+    """
+
+    name: str
+    higher_is_better: bool = True
+    recorded: bool = True
+
+    @property
+    def direction(self) -> str:
+        if not self.recorded:
+            return "higher assumed better (not recorded in the manifest)"
+        return "higher is better" if self.higher_is_better else "lower is better"
+
+
+def primary_metric(results: pd.DataFrame, manifest: dict | None = None) -> str:
+    """The first metric of the recipe's first evaluator (the one epochs are selected on), as recorded in the
+    manifest; for an older run folder, the metric of ``results.csv``'s first row."""
+    recorded = (manifest or {}).get("metrics", {}).get("primary")
+    if recorded and (results.empty or recorded in set(results["metric"])):
+        return str(recorded)
     return str(results["metric"].iloc[0]) if not results.empty else ""
+
+
+def metric_infos(results: pd.DataFrame, manifest: dict) -> list[MetricInfo]:
+    """Every metric of the run, the primary one first, then in the order they first appear."""
+    primary = primary_metric(results, manifest)
+    directions = manifest.get("metrics", {}).get("higher_is_better", {})
+    names = [primary] + [m for m in dict.fromkeys(results["metric"]) if m != primary]
+    return [MetricInfo(m, bool(directions.get(m, True)), m in directions) for m in names]
 
 
 def point_labels(results: pd.DataFrame) -> dict[int, str]:
@@ -50,9 +99,8 @@ def point_labels(results: pd.DataFrame) -> dict[int, str]:
     return labels
 
 
-def table_rows(results: pd.DataFrame) -> pd.DataFrame:
-    """The Table-2 rows of the primary metric: one per sweep point and training domain."""
-    metric = primary_metric(results)
+def table_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The Table-2 rows of ``metric``: one per sweep point and training domain; Δ ± its sd over seeds."""
     summary = summarize(results)
     summary = summary[summary["metric"] == metric]
     labels = point_labels(results)
@@ -62,64 +110,109 @@ def table_rows(results: pd.DataFrame) -> pd.DataFrame:
             "train domain": summary["train_domain"],
             f"same-domain {metric}": [_pm(m, s) for m, s in zip(summary["same_mean"], summary["same_sd"])],
             f"other-domain {metric}": [_pm(m, s) for m, s in zip(summary["other_mean"], summary["other_sd"])],
-            "Δ": [f"{d:+.3f}" if not math.isnan(d) else "n/a" for d in summary["delta"]],
+            "Δ": [_pm(d, s, signed=True) for d, s in zip(summary["delta"], summary["delta_sd"])],
             "seeds": summary["n_seeds"],
         }
     )
 
 
-def console_table(results: pd.DataFrame) -> str:
-    """The per-domain table printed at the end of ``harmonia run``."""
+def console_lines(results: pd.DataFrame, manifest: dict) -> list[str]:
+    """What ``harmonia run`` prints at the end: the table and comparison of the primary metric."""
     if results.empty:
-        return "(no finished cells yet)"
-    return table_rows(results).to_string(index=False)
-
-
-def gap_comparison(results: pd.DataFrame) -> list[str]:
-    """Sentences on whether the shift is real for the baseline and whether each mitigation narrowed it.
-
-    Compared per (seed, training domain) cell, paired: the baseline is the sweep point without
-    mitigations (or sweep point 0). The wording follows the measurement, whichever way it went.
-    """
-    metric = primary_metric(results)
-    rows = results[results["metric"] == metric]
-    same = rows["train_domain"] == rows["test_domain"]
-    key = ["sweep_id", "seed", "train_domain"]
-    gap = (rows[~same].groupby(key)["value"].mean() - rows[same].groupby(key)["value"].mean()).rename("gap")
-    gap = gap.reset_index()
-    if gap.empty:
-        return ["Only one domain was tested, so there is no cross-domain gap to report."]
-    labels = point_labels(results)
-    plain = [s for s, label in labels.items() if label.startswith("none")]
-    base = plain[0] if plain else min(labels)
-    lines = []
-    base_gap = gap[gap["sweep_id"] == base]
-    worse = int((base_gap["gap"] < 0).sum())
-    lines.append(
-        f"{'Baseline' if len(labels) > 1 else 'Setting'} ({labels[base]}): mean Δ {base_gap['gap'].mean():+.3f}; other-domain {metric} was below "
-        f"same-domain {metric} in {worse} of {len(base_gap)} (seed, training domain) cells."
-    )
-    for sweep_id in sorted(labels):
-        if sweep_id == base:
-            continue
-        paired = gap[gap["sweep_id"] == sweep_id].merge(base_gap, on=["seed", "train_domain"], suffixes=("", "_base"))
-        if paired.empty:
-            lines.append(f"{labels[sweep_id]}: no cells paired with the baseline yet.")
-            continue
-        change = (paired["gap"] - paired["gap_base"]).mean()
-        narrower = int((paired["gap"].abs() < paired["gap_base"].abs()).sum())
-        verdict = "narrowed" if change > 0 else ("widened" if change < 0 else "did not change")
-        lines.append(
-            f"{labels[sweep_id]}: mean Δ {paired['gap'].mean():+.3f} vs {paired['gap_base'].mean():+.3f} for the baseline "
-            f"on the same cells, so it {verdict} the cross-domain gap by {abs(change):.3f} on average; "
-            f"the gap was smaller in {narrower} of {len(paired)} paired cells."
-        )
+        return ["(no finished cells yet)"]
+    infos = metric_infos(results, manifest)
+    lines = [table_rows(results, infos[0].name).to_string(index=False), "", *gap_comparison(results, infos[0])]
+    if len(infos) > 1:
+        lines.append(f"(report.md covers every metric: {', '.join(i.name for i in infos)})")
     return lines
 
 
-def matrix(results: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per sweep point, the mean primary metric by training (rows) and test (columns) domain."""
-    metric = primary_metric(results)
+def gap_comparison(results: pd.DataFrame, info: MetricInfo) -> list[str]:
+    """Sentences on whether the shift is real for the baselines and whether each setting narrowed the gap.
+
+    The statistics are those of :mod:`harmonia.statistics`: each setting paired with the baseline of the
+    same swept values, per seed, with a 95% paired t interval and a Holm-adjusted verdict. Every line
+    says its interval and how it was computed.
+    """
+    rows = results[results["metric"] == info.name]
+    cells = statistics.cell_values(rows, info.name)
+    if cells["other"].isna().all():
+        return ["Only one domain was tested, so there is no cross-domain gap to report."]
+    labels = point_labels(results)
+    plain = statistics.baseline_points(rows)
+    kind = "Baseline" if plain and len(labels) > 1 else "Setting"
+    described = plain or sorted(int(s) for s in rows["sweep_id"].unique())
+    lines = [_shift_line(f"{kind} {labels[p]}", statistics.shift(cells, p), info) for p in described]
+    comparisons = statistics.compare(rows, info.name, info.higher_is_better)
+    tested = sum(
+        c.verdict in (statistics.NARROWED, statistics.WIDENED, statistics.NO_CLEAR_CHANGE) for c in comparisons
+    )
+    keys = statistics.pairing_keys(rows)
+    return lines + [_comparison_line(c, labels, info, tested, keys) for c in comparisons]
+
+
+def _shift_line(name: str, delta: statistics.Estimate, info: MetricInfo) -> str:
+    """Whether other-domain values differ from same-domain ones for one sweep point, with the CI of Δ."""
+    m = info.name
+    head = f"{name}: mean Δ {delta.mean:+.3f} (other − same {m})"
+    if delta.n < 2:
+        return f"{head} over {delta.n} seed{'' if delta.n == 1 else 's'}; not enough seeds for a CI."
+    low, high = (delta.low, delta.high) if info.higher_is_better else (-delta.high, -delta.low)
+    if high < 0:
+        finding = f"other-domain {m} was worse than same-domain, a cross-domain loss"
+    elif low > 0:
+        finding = f"other-domain {m} was better than same-domain"
+    else:
+        finding = "no clear cross-domain difference"
+    return f"{head}, {_ci(delta)} (t over {delta.n} seeds): {finding}."
+
+
+def _comparison_line(
+    c: statistics.Comparison, labels: dict[int, str], info: MetricInfo, tested: int, keys: list[str]
+) -> str:
+    """One setting's verdict against its baseline, with the CI of the narrowing and how it was computed."""
+    m, name = info.name, labels[c.setting]
+    if c.baseline is None:
+        return f"{name}: no comparison: no sweep point without mitigations has the same {', '.join(keys)}."
+    name = f"{name} vs {labels[c.baseline]}"
+    n = c.narrowing
+    if n.n == 0:
+        return f"{name}: no (seed, training domain) cells paired with the baseline yet."
+    if c.verdict == statistics.FEW_SEEDS:
+        return f"{name}: narrowing of the gap {n.mean:+.3f} on 1 seed; not enough seeds for a CI or a verdict."
+    if c.verdict == statistics.NARROWED:
+        finding = f"narrowed the gap in {m} by {n.mean:.3f}"
+    elif c.verdict == statistics.WIDENED:
+        finding = f"widened the gap in {m} by {-n.mean:.3f}"
+    else:
+        finding = f"no clear change in the gap in {m} (narrowing {n.mean:+.3f})"
+    settings = f"{tested} setting{'s' if tested > 1 else ''}"
+    how = f"{statistics.METHOD}, n = {n.n}; Holm-adjusted p {_p(c.p_adjusted)} across {settings}"
+    line = f"{name}: {finding}, {_ci(n)} ({how})"
+    if c.same_worse:
+        fell = "fell" if info.higher_is_better else "rose"
+        line += f", but same-domain {m} {fell} by {abs(c.same.mean):.3f} ({_ci(c.same)})"
+    return (
+        f"{line}. Change in other-domain {m} {c.other.mean:+.3f} ({_ci(c.other)}), "
+        f"in same-domain {m} {c.same.mean:+.3f} ({_ci(c.same)})."
+    )
+
+
+def _ci(e: statistics.Estimate) -> str:
+    return f"95% CI {e.low:+.3f} to {e.high:+.3f}"
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}"
+
+
+def _gap_definition(info: MetricInfo) -> str:
+    gap = "same − other" if info.higher_is_better else "other − same"
+    return f"{info.direction}; the gap is the cross-domain loss, {gap} {info.name}"
+
+
+def matrix(results: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
+    """Per sweep point, the mean of ``metric`` by training (rows) and test (columns) domain."""
     rows = results[results["metric"] == metric]
     labels = point_labels(results)
     order = list(domain_rank(results))
@@ -160,32 +253,41 @@ def write_report(run_dir: Path) -> Path:
     if results.empty:
         lines.append("No (seed, training domain) cell has finished yet.")
     else:
-        metric = primary_metric(results)
-        lines += [
-            f"## Same- vs other-domain {metric} (mean ± sd over seeds)",
-            "",
-            table_rows(results).to_markdown(index=False),
-            "",
-        ]
-        lines += [
-            "Δ = other-domain − same-domain; the other-domain value of a seed is its mean over all other test domains.",
-            "",
-        ]
-        lines += ["## Did the mitigation narrow the gap?", ""] + [f"- {s}" for s in gap_comparison(results)] + [""]
-        lines += [f"## Mean {metric} by training (rows) and test (columns) domain", ""]
-        for label, table in matrix(results).items():
-            lines += [f"### {label}", "", table.round(3).to_markdown(), ""]
-        figure = _figure(results, run_dir / "figures")
-        lines += [f"![same vs other domain]({figure.relative_to(run_dir).as_posix()})", ""]
+        lines += _metric_sections(results, manifest, run_dir)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-def _figure(results: pd.DataFrame, folder: Path) -> Path:
-    """Grouped bars: same- and other-domain primary metric per training domain, one panel per sweep point."""
+def _metric_sections(results: pd.DataFrame, manifest: dict, run_dir: Path) -> list[str]:
+    """The Table-2 section of every metric, the comparisons per metric, and the primary metric's matrix and figure."""
+    infos = metric_infos(results, manifest)
+    primary = infos[0].name
+    lines = []
+    for info in infos:
+        lines += [
+            f"## Same- vs other-domain {info.name}{' (primary)' if info.name == primary else ''} (mean ± sd over seeds)",
+            "",
+            table_rows(results, info.name).to_markdown(index=False),
+            "",
+            "Δ = other-domain − same-domain (± its sd over seeds); the other-domain value of a seed is its mean over "
+            "all other test domains.",
+            "",
+        ]
+    lines += ["## Did the mitigation narrow the gap?", "", *METHOD_NOTE, ""]
+    for info in infos:
+        lines += [f"### {info.name} ({_gap_definition(info)})", ""]
+        lines += [f"- {s}" for s in gap_comparison(results, info)] + [""]
+    lines += [f"## Mean {primary} by training (rows) and test (columns) domain", ""]
+    for label, table in matrix(results, primary).items():
+        lines += [f"### {label}", "", table.round(3).to_markdown(), ""]
+    figure = _figure(results, run_dir / "figures", primary)
+    return lines + [f"![same vs other domain]({figure.relative_to(run_dir).as_posix()})", ""]
+
+
+def _figure(results: pd.DataFrame, folder: Path, metric: str) -> Path:
+    """Grouped bars: same- and other-domain ``metric`` per training domain, one panel per sweep point."""
     folder.mkdir(exist_ok=True)
-    metric = primary_metric(results)
     summary = summarize(results)
     summary = summary[summary["metric"] == metric]
     labels = point_labels(results)

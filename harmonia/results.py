@@ -194,6 +194,20 @@ class RunFolder:
         atomic_write_text(self.manifest_path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         return manifest
 
+    def record_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Record in the manifest which metric is primary and, per metric, whether higher is better.
+
+        ``rows`` are one cell's result rows, each with the ``higher_is_better`` of the evaluator that
+        made it; the first row holds the first metric of the first evaluator (the primary one). Reports
+        read this to orient every comparison and to lead with the primary metric.
+        """
+        recorded = self.read_manifest().get("metrics", {})
+        directions = {r["metric"]: bool(r["higher_is_better"]) for r in rows}
+        primary = recorded.get("primary") or (rows[0]["metric"] if rows else None)
+        self.update_manifest(
+            metrics={"primary": primary, "higher_is_better": {**recorded.get("higher_is_better", {}), **directions}}
+        )
+
     def record_per_cohort(self, field: str, cohort: str, value: Any) -> None:
         """Set ``manifest[field][cohort]``, keeping the other cohorts' entries."""
         entries = self.read_manifest().get(field, {})
@@ -282,7 +296,7 @@ class RunFolder:
             key=lambda c: c.map(rank) if c.name in ("train_domain", "test_domain") else c,
             kind="stable",
         ).reset_index(drop=True)
-        epochs = pd.DataFrame([{**dict(zip(CELL_KEY, key)), **h} for h in history], columns=HISTORY_COLUMNS)
+        epochs = pd.DataFrame([{**dict(zip(CELL_KEY, key)), **h} for h in history], columns=_history_columns(history))
         self.history = epochs if self.history.empty else pd.concat([self.history, epochs], ignore_index=True)
         atomic_write_text(self.results_path, self.results.to_csv(index=False))
         atomic_write_text(self.summary_path, summarize(self.results, self.columns).to_csv(index=False))
@@ -306,6 +320,13 @@ def _stale(lock: Path) -> bool:
     except (OSError, ValueError):
         return False
     return False
+
+
+def _history_columns(history: list[dict[str, Any]]) -> list[str]:
+    """:data:`HISTORY_COLUMNS`, then the extra per-epoch columns of ``history`` (a mitigation's epoch
+    metrics, e.g. ``dann.domain_accuracy``) in the order they first occur."""
+    extras = dict.fromkeys(k for h in history for k in h if k not in HISTORY_COLUMNS)
+    return HISTORY_COLUMNS + list(extras)
 
 
 def _read_history(path: Path) -> pd.DataFrame:
@@ -342,7 +363,9 @@ def summarize(results: pd.DataFrame, columns: list[str] | None = None) -> pd.Dat
     """Table 2 of Guo et al.: per sweep point, training domain and metric, same- vs other-domain mean ± sd and Δ.
 
     For each seed the other-domain value is the mean over all other test domains; mean and sample
-    standard deviation are then taken over seeds, and Δ = other mean − same mean.
+    standard deviation are then taken over seeds, and Δ = other mean − same mean. ``delta_sd`` is
+    the sample standard deviation over seeds of each seed's own Δ: same and other of one seed share
+    its splits, so their spread about each other is smaller than ``same_sd`` and ``other_sd`` suggest.
     """
     if results.empty:
         return pd.DataFrame()
@@ -358,6 +381,7 @@ def summarize(results: pd.DataFrame, columns: list[str] | None = None) -> pd.Dat
     for column in ("same", "other"):
         if column not in per_seed:
             per_seed[column] = np.nan
+    per_seed["delta"] = per_seed["other"] - per_seed["same"]
     grouped = per_seed.groupby(level=key, dropna=False)
     summary = pd.DataFrame(
         {
@@ -369,7 +393,9 @@ def summarize(results: pd.DataFrame, columns: list[str] | None = None) -> pd.Dat
         }
     )
     summary["delta"] = summary["other_mean"] - summary["same_mean"]
-    summary = summary.reset_index()[key + ["same_mean", "same_sd", "other_mean", "other_sd", "delta", "n_seeds"]]
+    summary["delta_sd"] = grouped["delta"].std(ddof=1)
+    measures = ["same_mean", "same_sd", "other_mean", "other_sd", "delta", "delta_sd", "n_seeds"]
+    summary = summary.reset_index()[key + measures]
     rank = domain_rank(results)
     return summary.sort_values(
         ["sweep_id", "train_domain"], key=lambda c: c.map(rank) if c.name == "train_domain" else c, kind="stable"

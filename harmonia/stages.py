@@ -33,6 +33,11 @@ class MitigationStack:
         return any(m.uses_target_images for m in self.mitigations)
 
     @property
+    def joint_forward(self) -> bool:
+        """Whether a mitigation asks for one forward pass over source and target batches together."""
+        return any(m.joint_forward for m in self.mitigations)
+
+    @property
     def adds_loss(self) -> bool:
         """Whether a mitigation adds a term to the training loss (``extra_loss``)."""
         return bool(self._by_stage["extra_loss"])
@@ -46,9 +51,18 @@ class MitigationStack:
     # -- the stages, in order ---------------------------------------------------------------------
 
     def adjust_training_set(self, train: ImageSet, target_train: ImageSet | None, rng: np.random.Generator) -> ImageSet:
-        """Stage 1: each mitigation changes the training split in turn (target mixing)."""
+        """Stage 1: each mitigation changes the training split in turn (target mixing).
+
+        A mitigation that returns a training set without labels (the unlabelled target set it was given)
+        is a RuntimeError naming it: training on target items needs ``uses_target_labels``.
+        """
         for m in self._by_stage["adjust_training_set"]:
-            train = m.adjust_training_set(train, target_train, rng)
+            train = m.adjust_training_set(train, _target_set_for(m, target_train), rng)
+            if not train.labelled:
+                raise RuntimeError(
+                    f"mitigation {m.name} returned a training set without labels; a mitigation that trains on "
+                    f"target-domain items must set uses_target_labels = True to receive their labels"
+                )
         return train
 
     def task_loss(self, default: TaskLoss) -> TaskLoss:
@@ -72,7 +86,7 @@ class MitigationStack:
     def fit(self, train: ImageSet, target_train: ImageSet | None, device: torch.device) -> None:
         """Stage 3: each mitigation learns what it needs before training (a standardizer)."""
         for m in self._by_stage["fit"]:
-            m.fit(train, target_train, device)
+            m.fit(train, _target_set_for(m, target_train), device)
 
     def transform_images(self, images: torch.Tensor) -> torch.Tensor:
         """Stage 4: every image the model sees, through each mitigation's transform in turn."""
@@ -108,3 +122,26 @@ class MitigationStack:
             if term is not None:
                 total = term if total is None else total + term
         return total
+
+    # -- reporting ----------------------------------------------------------------------------------
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Every mitigation's :meth:`~harmonia.api.Mitigation.epoch_metrics`, keyed ``<name>.<key>``
+        (``<name>#<k>.<key>`` for the k-th of several mitigations of one name)."""
+        metrics = {}
+        for label, m in zip(_labels(self.mitigations), self.mitigations):
+            metrics.update({f"{label}.{key}": float(value) for key, value in m.epoch_metrics().items()})
+        return metrics
+
+
+def _target_set_for(mitigation: Mitigation, target_train: ImageSet | None) -> ImageSet | None:
+    """``target_train`` as ``mitigation`` may see it: labelled only if it declares ``uses_target_labels``."""
+    if target_train is None or mitigation.uses_target_labels:
+        return target_train
+    return target_train.without_targets()
+
+
+def _labels(mitigations: Sequence[Mitigation]) -> list[str]:
+    """Each mitigation's name, numbered ``name#1``, ``name#2`` ... where the name occurs more than once."""
+    names = [m.name for m in mitigations]
+    return [f"{n}#{names[: i + 1].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]

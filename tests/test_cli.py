@@ -74,7 +74,7 @@ def test_run_prints_the_table_and_resume_of_a_complete_run_does_nothing(registry
     assert main(["run", str(path), "--out", str(run_dir), "--set", "train.seeds=1"]) == 0
     out = capsys.readouterr().out
     assert "Results (SYNTHETIC data):" in out
-    assert "same-domain pixel_accuracy" in out and "Setting (none): mean Δ" in out
+    assert "same-domain pixel_accuracy" in out and "Setting none: mean Δ" in out
     before = pd.read_csv(run_dir / "results.csv")
     assert main(["run", "--resume", str(run_dir)]) == 0
     assert "2 cells (2 already done)" in capsys.readouterr().out

@@ -1,4 +1,5 @@
-"""unet2d: output shapes, that its features are the bottleneck, gradient paths and input checks."""
+"""unet2d: output shapes, that its features are the bottleneck and its levels the encoder levels,
+gradient paths and input checks."""
 
 from __future__ import annotations
 
@@ -78,6 +79,23 @@ def test_features_are_what_the_decoder_receives_from_the_bottom():
     out = model(torch.randn(2, 1, 32, 32))
     handle.remove()
     assert torch.equal(out.features, seen[0][:, 8:])
+
+
+def test_levels_are_the_encoder_outputs_the_skip_connections_carry_shallowest_first():
+    """Each level but the last is what the decoder receives around the bottleneck (the skip half of an up
+    block's input); the last is the bottleneck, the features."""
+    model = make(channels=[4, 8, 16])
+    inner_up, outer_up = decoder_modules(model)  # pre-order: the inner up block first
+    seen = []
+    handles = [up.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for up in (inner_up, outer_up)]
+    out = model(torch.randn(2, 1, 32, 32))
+    for handle in handles:
+        handle.remove()
+    assert model.level_channels == (4, 8, 16)
+    assert [tuple(level.shape[1:]) for level in out.levels] == [(4, 16, 16), (8, 8, 8), (16, 8, 8)]
+    assert out.levels[-1] is out.features
+    inner_input, outer_input = seen
+    assert torch.equal(inner_input[:, :8], out.levels[1]) and torch.equal(outer_input[:, :4], out.levels[0])
 
 
 def test_deepest_encoder_weights_change_the_features_decoder_weights_do_not():

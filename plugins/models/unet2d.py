@@ -1,8 +1,10 @@
-"""unet2d: MONAI's 2-D residual U-Net for segmentation, exposing its bottleneck as the features.
+"""unet2d: MONAI's 2-D residual U-Net for segmentation, exposing its bottleneck as the features
+and every encoder level as ``ModelOutput.levels``.
 
 The network is ``monai.networks.nets.UNet`` unchanged, held as ``net`` (MONAI weights load into it). The
-bottleneck is the output of MONAI's bottom layer, the submodule of the innermost
-``SkipConnection``; it is captured by a forward hook that lives only for one call.
+encoder levels are the outputs of MONAI's down layers (the layer before each ``SkipConnection``)
+and, last, of its bottom layer, the submodule of the innermost ``SkipConnection``: the bottleneck.
+They are captured by forward hooks that live only for one call.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class UNet2DParams(Params):
 
 
 class UNet2D(Model):
-    """2-D residual U-Net (MONAI) for segmentation; features are its bottleneck."""
+    """2-D residual U-Net (MONAI) for segmentation; features are its bottleneck, levels its encoder levels."""
 
     name = "unet2d"
     Params = UNet2DParams
@@ -66,9 +68,12 @@ class UNet2D(Model):
             norm=params.norm,
             dropout=params.dropout,
         )
-        #: the bottom layer's name inside ``net`` (a name, not the module, so it is not registered twice)
-        self.bottleneck_name = _bottom_layer_name(self.net)
+        #: the encoder levels' layer names inside ``net``, shallowest first, the bottom layer last
+        #: (names, not the modules, so that they are not registered twice)
+        self.level_names = (*_down_layer_names(self.net), _bottom_layer_name(self.net))
+        self.bottleneck_name = self.level_names[-1]
         self.feature_channels = params.channels[-1]
+        self.level_channels = tuple(params.channels)
 
     @property
     def size_multiple(self) -> int:
@@ -85,14 +90,37 @@ class UNet2D(Model):
                 f"{x.shape[-2]}x{x.shape[-1]}; crop or pad the images (e.g. to "
                 f"{math.ceil(x.shape[-2] / m) * m}x{math.ceil(x.shape[-1] / m) * m})"
             )
-        captured: list[torch.Tensor] = []
-        bottleneck = self.net.get_submodule(self.bottleneck_name)
-        handle = bottleneck.register_forward_hook(lambda module, args, out: captured.append(out))
+        captured: dict[str, torch.Tensor] = {}
+        handles = [
+            self.net.get_submodule(name).register_forward_hook(_capture_into(captured, name))
+            for name in self.level_names
+        ]
         try:
             logits = self.net(x)
         finally:
-            handle.remove()
-        return ModelOutput(logits=logits, features=captured[0])
+            for handle in handles:
+                handle.remove()
+        levels = tuple(captured[name] for name in self.level_names)
+        return ModelOutput(logits=logits, features=levels[-1], levels=levels)
+
+
+def _capture_into(captured: dict[str, torch.Tensor], name: str):
+    """A forward hook that stores its module's output in ``captured[name]``."""
+
+    def hook(module, args, out):
+        captured[name] = out
+
+    return hook
+
+
+def _down_layer_names(net: UNet) -> list[str]:
+    """Names of MONAI's down layers, shallowest first: each ``SkipConnection``'s predecessor in its Sequential."""
+    names = []
+    for name, m in net.named_modules():
+        if isinstance(m, SkipConnection):
+            parent, index = name.rsplit(".", 1)
+            names.append(f"{parent}.{int(index) - 1}")
+    return names
 
 
 def _bottom_layer_name(net: UNet) -> str:
