@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar, get_args
 
 import numpy as np
 import pandas as pd
@@ -205,6 +205,17 @@ def require_known(patients: Sequence[str], known: Mapping[str, object]) -> None:
         raise KeyError(f"patients not in this cohort's index: {unknown[:3]}")
 
 
+#: a scanner-signature component of the acquisition simulator (:mod:`harmonia.synth`) that may differ between vendors
+ComponentName = Literal["contrast", "psf", "bias", "transfer", "noise"]
+#: the components, in the order the simulator applies them
+COMPONENTS: tuple[str, ...] = get_args(ComponentName)
+
+
+def _in_component_order(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` without repeats, in the order the simulator applies them, so equal sets give one twin cache key."""
+    return tuple(name for name in COMPONENTS if name in names)
+
+
 class TwinSettings(StrictModel):
     """How large and how hard a cohort's synthetic twin is; part of the recipe's ``cohort.synthetic``."""
 
@@ -212,6 +223,11 @@ class TwinSettings(StrictModel):
     seed: int = Field(0, ge=0, description="seed of the phantoms and the scanner signatures")
     strength: float = Field(1.0, ge=0.0, description="scanner-signature strength (0 = no vendor effect)")
     difficulty: float = Field(0.5, ge=0.0, le=1.0, description="task difficulty (0 easy, 1 hard)")
+    components: Annotated[tuple[ComponentName, ...], AfterValidator(_in_component_order)] = Field(
+        COMPONENTS,
+        description="signature components that differ between vendors (the rest stay at the modality's neutral "
+        f"acquisition): any of {', '.join(COMPONENTS)}",
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, help="seed of the phantoms and signatures")
     synth.add_argument("--strength", type=float, help="scanner-signature strength (0 = no vendor effect)")
     synth.add_argument("--difficulty", type=float, help="task difficulty, 0 (easy) to 1 (hard)")
+    synth.add_argument(
+        "--components",
+        type=lambda text: [name.strip() for name in text.split(",") if name.strip()],
+        help="comma-separated signature components that differ between vendors (default all: "
+        "contrast,psf,bias,transfer,noise)",
+    )
 
     report = sub.add_parser("report", help="(re)write report.md and figures/ of a run folder")
     report.add_argument("run_dir")
@@ -259,7 +265,13 @@ def cmd_synth(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: folder is not empty; choose a new or empty folder for the twin")
-    given = {"patients": args.patients, "seed": args.seed, "strength": args.strength, "difficulty": args.difficulty}
+    given = {
+        "patients": args.patients,
+        "seed": args.seed,
+        "strength": args.strength,
+        "difficulty": args.difficulty,
+        "components": args.components,
+    }
     try:
         settings = TwinSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:

@@ -60,9 +60,12 @@ def test_list_reports_failed_plugins(registry, capsys):
 
 def test_synth_writes_the_twin_and_refuses_a_full_folder(registry, tmp_path, capsys):
     out = tmp_path / "twin"
-    assert main(["synth", "toy", "--out", str(out), "--patients", "3", "--seed", "2"]) == 0
+    assert main(["synth", "toy", "--out", str(out), "--patients", "3", "--seed", "2", "--components", "noise,psf"]) == 0
     assert (out / "toy.npz").exists() and "SYNTHETIC" in capsys.readouterr().out
-    assert (out / "SYNTHETIC_TWIN.txt").read_text().startswith("SYNTHETIC data")
+    label = (out / "SYNTHETIC_TWIN.txt").read_text()
+    assert label.startswith("SYNTHETIC data") and '"components":["psf","noise"]' in label
+    assert main(["synth", "toy", "--out", str(tmp_path / "blur"), "--components", "blur"]) == 2
+    assert "synth --components" in capsys.readouterr().err
     assert main(["synth", "toy", "--out", str(tmp_path / "hard"), "--difficulty", "1.5"]) == 2
     assert main(["synth", "toy", "--out", str(out)]) == 2
     assert main(["synth", "toy", "--out", str(tmp_path / "x"), "--patients", "1"]) == 2

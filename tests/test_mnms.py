@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from harmonia.api import TwinSettings
 from harmonia.errors import DataError, UnreadableFile
 from harmonia.privacy import pseudonymize
+from harmonia.synth import acquire, smooth_field, twin_signature
+from harmonia_plugins.cohorts import mnms_twin
 from harmonia_plugins.cohorts.mnms import INFO_CSV, MnmsCohort, mnms_vendor
 
 VENDORS = ["Siemens", "Philips", "GE", "Canon"]
@@ -149,7 +151,7 @@ def test_scanner_signatures_make_vendors_look_different(twins):
     signed, neutral = blood_to_muscle(twins[1.0]), blood_to_muscle(twins[0.0])
     spread = {k: max(v.values()) - min(v.values()) for k, v in (("signed", signed), ("neutral", neutral))}
     assert spread["neutral"] < 0.3, f"without signatures the vendors should look alike: {neutral}"
-    assert spread["signed"] > 1.0, f"with signatures the vendors should differ: {signed}"
+    assert spread["signed"] > 0.5, f"with signatures the vendors should differ: {signed}"
 
 
 def test_vendor_names_alone_give_the_same_domains(copy, twin):
@@ -352,3 +354,41 @@ def test_current_sheet_wins_over_an_older_one(copy, twin):
     stale = sheet(copy).assign(Vendor="A", VendorName="SIEMENS")
     stale.to_csv(copy / "201207_M&Ms Dataset information - diagnosis - opendataset.csv")
     assert cohort(copy).index().equals(cohort(twin).index())
+
+
+def _labelled_tissue_means(vendor: str, settings: TwinSettings, spatial: bool) -> np.ndarray:
+    """Mean intensity under the twin's LV, MYO and RV labels (1, 2, 3) in ED volumes of three phantom patients.
+
+    ``spatial=False`` switches off the per-image bias field, a zero-mean smooth field that brightens
+    whichever cavity happens to lie nearer the simulated coil in one image (as in real cine).
+    """
+    signature = twin_signature(vendor, "MRI", settings)
+    if not spatial:
+        signature = signature.model_copy(update={"bias": signature.bias.model_copy(update={"enabled": False})})
+    site, sums = mnms_twin.SITES[vendor], np.zeros((2, 3))
+    for patient in range(3):
+        rng = np.random.default_rng([settings.seed, patient])
+        heart = mnms_twin.draw_heart(rng, settings.difficulty)
+        grid = mnms_twin.Grid.of(site.matrix, site.matrix, site.pixel_mm)
+        texture = smooth_field(grid.x.shape, 0.3, rng)
+        tissues, labels = mnms_twin.patient_volumes(heart, grid, texture, heart.ed)
+        values = mnms_twin.intensities(settings.difficulty)
+        image = acquire(tissues, values, signature, seed=patient, spacing=(mnms_twin.SLICE_MM, *[site.pixel_mm] * 2))
+        for label in (1, 2, 3):
+            sums[:, label - 1] += image[labels == label].sum(), (labels == label).sum()
+    return sums[0] / sums[1]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_vendor_keeps_blood_brighter_than_myocardium_and_one_tissue_order(seed):
+    """bSSFP blood is brighter than myocardium on every scanner; vendors change contrast, never the order.
+
+    LV and RV cavities hold the same tissue (blood): they may differ by partial volume and ringing
+    at the thin RV, but not by a vendor-specific gain of their own as the old per-tissue contrast gave.
+    """
+    settings = TwinSettings(seed=seed)
+    for vendor in VENDORS:
+        lv, myo, rv = _labelled_tissue_means(vendor, settings, spatial=True)
+        assert lv > 1.2 * myo and rv > 1.2 * myo, vendor
+        lv, myo, rv = _labelled_tissue_means(vendor, settings, spatial=False)
+        assert min(lv, rv) > 1.2 * myo and abs(lv / rv - 1) < 0.25, (vendor, lv, myo, rv)

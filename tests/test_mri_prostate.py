@@ -164,18 +164,22 @@ def test_difficulty_shrinks_lesions(twins):
 # --------------------------------------------------------------------------------------------
 
 
-def median_gap(root: Path) -> float:
-    """Difference between the two domains' mean per-slice median of the z-scored slice."""
+def appearance_gap(root: Path) -> float:
+    """How far apart the two domains' images look once z-scored (what a model sees): the difference of the
+    domains' mean roughness (mean absolute step between neighbouring pixels), in units of its spread."""
     _, items = load_all(root)
-    x = items.images[:, 0].flatten(1)
-    medians = ((x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True)).median(dim=1).values.numpy()
-    return float(abs(medians[items.domains == "Siemens"].mean() - medians[items.domains == "Other"].mean()))
+    z = items.images[:, 0]
+    z = (z - z.mean(dim=(1, 2), keepdim=True)) / z.std(dim=(1, 2), keepdim=True)
+    rough = (z[:, :, 1:] - z[:, :, :-1]).abs().mean(dim=(1, 2)).numpy()
+    a, b = rough[items.domains == "Siemens"], rough[items.domains == "Other"]
+    return float(abs(a.mean() - b.mean()) / np.sqrt((a.var() + b.var()) / 2))
 
 
 def test_scanner_signatures_make_the_domains_look_different(twins):
-    signed, neutral = median_gap(twins["signed"]), median_gap(twins["neutral"])
-    assert neutral < 0.05, f"without signatures the domains should look alike: {neutral:.3f}"
-    assert signed > 0.15, f"with signatures the domains should differ: {signed:.3f}"
+    """Noise level and texture, k-space blur and contrast differ between vendors; z-scoring does not undo them."""
+    signed, neutral = appearance_gap(twins["signed"]), appearance_gap(twins["neutral"])
+    assert neutral < 0.5, f"without signatures the domains should look alike: {neutral:.3f}"
+    assert signed > 1.5, f"with signatures the domains should differ: {signed:.3f}"
 
 
 def test_vendor_comes_from_the_t2w_header(copy, twin):

@@ -8,6 +8,8 @@ from pydantic import ValidationError
 from scipy import ndimage, optimize, stats
 from skimage.exposure import match_histograms
 
+from harmonia.api import TwinSettings
+from harmonia.datasource import twin_folder
 from harmonia.synth import (
     COMPONENTS,
     MODALITY_DEFAULTS,
@@ -18,6 +20,7 @@ from harmonia.synth import (
     signature_for,
     smooth_field,
     textured_noise,
+    twin_signature,
 )
 
 #: clean values of background, body, organ and lesion in each modality's native units
@@ -80,7 +83,7 @@ def test_strength_zero_is_the_same_neutral_signature_for_every_vendor(modality):
     assert signatures[0] == MODALITY_DEFAULTS[modality].neutral
     neutral = signatures[0]
     assert neutral.bias.amplitude == 0 and (neutral.transfer.gamma, neutral.transfer.gain) == (1, 1)
-    assert neutral.contrast.log_gain_sd == neutral.contrast.offset_sd == 0
+    assert neutral.contrast.log_slope_sd == 0 and neutral.psf.kspace == 1 and neutral.noise.variation == 0
     tissues = phantom(1)
     images = [acquire(tissues, INTENSITIES[modality], s, seed=2) for s in signatures]
     assert all(np.array_equal(images[0], im) for im in images)
@@ -103,9 +106,10 @@ def test_strength_and_component_scales_stretch_the_vendor_deviation():
 
 def test_modality_defaults_order_mri_xray_ct():
     spread = {m: MODALITY_DEFAULTS[m].spread for m in ("MRI", "X-ray", "CT")}
-    for field in ("contrast_log_gain", "bias_amplitude", "transfer_log_gamma"):
+    for field in ("contrast_log_slope", "bias_amplitude", "transfer_log_gamma"):
         assert getattr(spread["MRI"], field) > getattr(spread["X-ray"], field) > getattr(spread["CT"], field)
-    assert spread["CT"].contrast_log_gain == spread["CT"].bias_amplitude == spread["CT"].transfer_log_gamma == 0
+    assert spread["CT"].bias_amplitude == spread["CT"].transfer_log_gamma == 0
+    assert spread["MRI"].psf_kspace_cut > 0 and spread["MRI"].noise_variation > 0  # k-space matrix, parallel imaging
     assert MODALITY_DEFAULTS["MRI"].neutral.noise.rician and not MODALITY_DEFAULTS["CT"].neutral.noise.rician
 
 
@@ -192,22 +196,94 @@ def test_transfer_alone_preserves_the_rank_order_of_pixels():
         assert not np.allclose(zscore(shifted), zscore(reference), atol=0.05)  # and it is not just affine
 
 
-def test_contrast_can_swap_which_tissue_is_brighter():
+def test_contrast_remap_is_increasing_keeps_the_range_and_changes_relative_contrast():
+    u = np.linspace(0, 1, 1001)
+    for vendor in VENDORS:
+        contrast = signature_for(vendor, "MRI", strength=3.0).contrast
+        remapped = contrast.remap(u)
+        assert np.all(np.diff(remapped) > 0) and remapped[0] == 0 and remapped[-1] == pytest.approx(1)
+        assert np.abs(remapped - u).max() > 0.02  # it does change the contrast between tissues
+    assert np.allclose(signature_for("GE", "MRI", strength=0.0).contrast.remap(u), u)
+
+
+def _tissue_means(tissues: np.ndarray, values: list[float], signature: ScannerSignature, seeds: range) -> np.ndarray:
+    """Mean acquired intensity of each tissue label, pooled over images acquired with ``seeds``."""
+    images = [acquire(tissues, values, signature, seed=s) for s in seeds]
+    return np.array([np.mean([im[tissues == t].mean() for im in images]) for t in range(len(values))])
+
+
+@pytest.mark.parametrize("modality", ["MRI", "CT", "X-ray"])
+@pytest.mark.parametrize("strength", [1.0, 1.5])
+def test_no_vendor_reorders_the_tissues(modality, strength):
+    """Vendors stretch or compress contrast but never make a darker tissue brighter (the old per-tissue gains did).
+
+    The intensity components (contrast, transfer, noise) are checked; blur and bias are spatial
+    and move a small lesion's mean by partial volume or by where it sits, not by its tissue.
+    """
+    tissues, values = phantom(5), INTENSITIES[modality]
+    for vendor in VENDORS:
+        signature = signature_for(vendor, modality, strength=strength).only("contrast", "transfer", "noise")
+        means = _tissue_means(tissues, values, signature, range(3))
+        assert np.array_equal(np.argsort(means), np.argsort(values)), (vendor, means)
+
+
+def test_vendors_differ_in_relative_contrast():
     tissues, values = phantom(5), INTENSITIES["MRI"]
 
-    def lesion_minus_organ(signature: ScannerSignature) -> float:
-        z = zscore(acquire(tissues, values, signature.only("contrast"), seed=0))
-        return float(z[tissues == 3].mean() - z[tissues == 2].mean())
+    def lesion_over_organ_contrast(vendor: str) -> float:
+        means = _tissue_means(tissues, values, signature_for(vendor, "MRI").only("contrast"), range(1))
+        return (means[3] - means[2]) / (means[2] - means[1])
 
-    assert lesion_minus_organ(signature_for("any", "MRI", strength=0.0)) > 0
-    assert min(lesion_minus_organ(signature_for(v, "MRI")) for v in VENDORS) < 0
-    assert min(lesion_minus_organ(signature_for(v, "CT")) for v in VENDORS) > 0  # CT keeps its HU order
+    contrasts = [lesion_over_organ_contrast(v) for v in VENDORS]
+    assert max(contrasts) > 1.2 * min(contrasts) and min(contrasts) > 0
 
 
-def test_contrast_draws_do_not_depend_on_the_number_of_tissues():
-    contrast = signature_for("GE", "MRI").contrast
-    few, many = contrast.tissue_mapping(3), contrast.tissue_mapping(10)
-    assert np.array_equal(few[0], many[0][:3]) and np.array_equal(few[1], many[1][:3])
+def test_kspace_truncation_blurs_and_rings_at_edges():
+    tissues = np.zeros((64, 64), np.int64)
+    tissues[:, 32:] = 1
+    truncated = acquire(tissues, [0.0, 100.0], ScannerSignature(psf=Psf(kspace=0.5)).only("psf"), seed=0)
+    row = truncated[32]
+    assert row[:28].min() < -2 and row[36:].max() > 102  # Gibbs over- and undershoot next to the edge
+    assert 10 < row[31] < 90 or 10 < row[32] < 90  # and a soft edge
+    assert np.abs(row[:16]).max() < 2 and np.abs(row[48:] - 100).max() < 2  # no ringing from the image border
+
+
+def test_noise_variation_makes_the_noise_level_vary_across_the_image():
+    tissues, values = np.ones((128, 128), np.int64), [0.0, 100.0]
+    uniform = acquire(tissues, values, ScannerSignature(noise=Noise(level=0.05)), seed=0) - 100
+    varying = acquire(tissues, values, ScannerSignature(noise=Noise(level=0.05, variation=0.8)), seed=0) - 100
+
+    def local_sd_spread(noise):
+        sd = np.array([block.std() for rows in np.split(noise, 8) for block in np.split(rows, 8, axis=1)])
+        return sd.max() / sd.min()
+
+    assert local_sd_spread(uniform) < 1.6 < 3 < local_sd_spread(varying)
+
+
+def test_twin_signature_switches_vendor_components_and_keeps_the_neutral_rest():
+    neutral = MODALITY_DEFAULTS["MRI"].neutral
+    only_noise = twin_signature("GE", "MRI", TwinSettings(components=["noise"]))
+    full = twin_signature("GE", "MRI", TwinSettings())
+    assert full == signature_for("GE", "MRI")
+    assert only_noise.noise == full.noise != neutral.noise
+    assert (only_noise.contrast, only_noise.psf, only_noise.bias, only_noise.transfer) == (
+        neutral.contrast,
+        neutral.psf,
+        neutral.bias,
+        neutral.transfer,
+    )
+    assert twin_signature("GE", "MRI", TwinSettings(seed=4), seed=7) == signature_for("GE", "MRI", seed=7)
+
+
+def test_twin_components_setting_is_canonical_validated_and_keys_the_twin_cache():
+    from harmonia_plugins.cohorts.mnms import MnmsCohort
+
+    assert TwinSettings(components=["noise", "contrast", "noise"]).components == ("contrast", "noise")
+    assert TwinSettings().components == COMPONENTS
+    with pytest.raises(ValidationError, match="components"):
+        TwinSettings(components=["blur"])
+    folders = {twin_folder(MnmsCohort, TwinSettings(components=c)) for c in (COMPONENTS, ["psf"], ["psf", "psf"])}
+    assert len(folders) == 2
 
 
 def test_noise_level_texture_and_rician_magnitude():

@@ -22,7 +22,7 @@ from harmonia.io import WrittenSeries, write_dicom_series, write_rtstruct
 from harmonia.seeding import derive_seed
 from harmonia.synth.acquisition import acquire
 from harmonia.synth.fields import smooth_field
-from harmonia.synth.modalities import signature_for
+from harmonia.synth.modalities import twin_signature
 
 # Tissues of the phantom; their clean HU are in ``clean_hu`` (the tumour's depends on the task).
 AIR, FAT, MUSCLE, BONE, CANAL, VESSEL, TUMOUR, NODE, CYST = range(9)
@@ -159,7 +159,7 @@ def draw_lesions(tissues: np.ndarray, neck: Neck, scanner: Scanner, rng: np.rand
 
 def scan(tissues: np.ndarray, values: list[float], scanner: Scanner, settings: TwinSettings, seed: int) -> np.ndarray:
     """The CT (HU) a vendor's scanner acquires of the phantom: its signature, its voxel size."""
-    signature = signature_for(scanner.vendor, "CT", seed=settings.seed, strength=settings.strength)
+    signature = twin_signature(scanner.vendor, "CT", settings)
     spacing = (scanner.slice_mm, scanner.pixel_mm, scanner.pixel_mm)
     return acquire(tissues, values, signature, seed=seed, spacing=spacing)
 

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from harmonia.seeding import derive_seed
 from harmonia.synth.signature import COMPONENTS, Bias, Contrast, Noise, Psf, ScannerSignature, Transfer
+
+if TYPE_CHECKING:
+    from harmonia.api import TwinSettings
 
 
 class VendorSpread(BaseModel):
@@ -27,11 +31,12 @@ class VendorSpread(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    contrast_log_gain: float = Field(ge=0, description="Contrast.log_gain_sd at strength 1")
-    contrast_offset: float = Field(ge=0, description="Contrast.offset_sd at strength 1")
+    contrast_log_slope: float = Field(ge=0, description="Contrast.log_slope_sd at strength 1")
     psf_log_sigma: float = Field(ge=0)
+    psf_kspace_cut: float = Field(0.0, ge=0, lt=1, description="Psf.kspace is 1 - |d| x this (neutral: all kept)")
     noise_log_level: float = Field(ge=0)
     noise_log_correlation: float = Field(ge=0)
+    noise_variation: float = Field(0.0, ge=0, lt=1, description="Noise.variation is |d| x this (neutral: uniform)")
     bias_amplitude: float = Field(ge=0, lt=1, description="bias amplitude is |d| x this (neutral: no field)")
     bias_log_smoothness: float = Field(ge=0)
     transfer_log_gamma: float = Field(ge=0)
@@ -48,30 +53,32 @@ class ModalityDefaults(BaseModel):
     spread: VendorSpread
 
 
-#: MRI differs most (sequence contrast, coil bias, vendor post-processing), X-ray moderately
-#: (detector, processing LUT, heel effect); CT is calibrated in HU, so only small HU offsets,
-#: kernel sharpness and noise differ.
+#: No modality reorders tissues (contrast is a monotone remap). MRI differs most: contrast stretched or
+#: compressed, arbitrary intensity scale (transfer gain), coil-sensitivity bias, k-space matrix (blur and
+#: ringing), noise level and its parallel-imaging variation across the image. X-ray moderately: detector
+#: sharpness and noise, processing tone curve (transfer), exposure, heel effect. CT is calibrated in HU:
+#: reconstruction kernel (sharpness, noise texture), dose (noise level), offsets of a few HU.
 MODALITY_DEFAULTS: dict[str, ModalityDefaults] = {
     "MRI": ModalityDefaults(
         neutral=ScannerSignature(psf=Psf(sigma=0.6), noise=Noise(level=0.02, correlation=0.4, rician=True)),
         spread=VendorSpread(
-            contrast_log_gain=0.35,
-            contrast_offset=0.0,
+            contrast_log_slope=0.8,
             psf_log_sigma=0.4,
+            psf_kspace_cut=0.5,
             noise_log_level=0.5,
             noise_log_correlation=0.4,
+            noise_variation=0.5,
             bias_amplitude=0.3,
             bias_log_smoothness=0.3,
             transfer_log_gamma=0.3,
             transfer_log_gain=0.25,
-            transfer_offset=0.05,
+            transfer_offset=0.0,  # magnitude images: zero stays zero, the scale is arbitrary
         ),
     ),
     "X-ray": ModalityDefaults(
         neutral=ScannerSignature(psf=Psf(sigma=0.7), noise=Noise(level=0.015, correlation=0.5)),
         spread=VendorSpread(
-            contrast_log_gain=0.15,
-            contrast_offset=0.02,
+            contrast_log_slope=0.15,
             psf_log_sigma=0.3,
             noise_log_level=0.4,
             noise_log_correlation=0.3,
@@ -85,8 +92,7 @@ MODALITY_DEFAULTS: dict[str, ModalityDefaults] = {
     "CT": ModalityDefaults(
         neutral=ScannerSignature(psf=Psf(sigma=0.7), noise=Noise(level=0.008, correlation=0.8)),
         spread=VendorSpread(
-            contrast_log_gain=0.0,
-            contrast_offset=0.004,
+            contrast_log_slope=0.02,
             psf_log_sigma=0.25,
             noise_log_level=0.3,
             noise_log_correlation=0.3,
@@ -139,16 +145,22 @@ def signature_for(
     rng = np.random.default_rng(derive_seed("harmonia.synth", modality, vendor, seed))
     d = (rng.choice([-1.0, 1.0], size=8) * rng.uniform(0.5, 1.0, size=8)).tolist()
     key = int(rng.integers(1, 2**31))
+    d += rng.uniform(0.5, 1.0, size=2).tolist()  # |d| of k-space cut and noise variation, drawn last
     s, base = MODALITY_DEFAULTS[modality].spread, MODALITY_DEFAULTS[modality].neutral
-    log_gain_sd, offset_sd = scale["contrast"] * s.contrast_log_gain, scale["contrast"] * s.contrast_offset
+    log_slope_sd = scale["contrast"] * s.contrast_log_slope
 
     return ScannerSignature(
-        contrast=Contrast(key=key if log_gain_sd or offset_sd else 0, log_gain_sd=log_gain_sd, offset_sd=offset_sd),
-        psf=Psf(sigma=base.psf.sigma * math.exp(scale["psf"] * s.psf_log_sigma * d[0])),
+        contrast=Contrast(key=key if log_slope_sd else 0, log_slope_sd=log_slope_sd),
+        psf=Psf(
+            sigma=base.psf.sigma * math.exp(scale["psf"] * s.psf_log_sigma * d[0]),
+            # at most 90 % of k-space cut, so the image keeps some detail at any strength
+            kspace=1 - min(scale["psf"] * s.psf_kspace_cut * d[8], 0.9),
+        ),
         noise=Noise(
             level=base.noise.level * math.exp(scale["noise"] * s.noise_log_level * d[1]),
             correlation=base.noise.correlation * math.exp(scale["noise"] * s.noise_log_correlation * d[2]),
             rician=base.noise.rician,
+            variation=min(scale["noise"] * s.noise_variation * d[9], 0.9),
         ),
         bias=Bias(
             # capped below 1 so the field stays positive at any strength
@@ -161,3 +173,14 @@ def signature_for(
             offset=scale["transfer"] * s.transfer_offset * d[7],
         ),
     )
+
+
+def twin_signature(vendor: str, modality: str, settings: TwinSettings, seed: int | None = None) -> ScannerSignature:
+    """The signature a cohort twin acquires ``vendor`` with: ``settings``' seed (or ``seed``), strength and components.
+
+    A component left out of ``settings.components`` keeps the modality's neutral acquisition on
+    every vendor (baseline blur and noise stay), so a study can switch vendor effects on one by one.
+    """
+    scales = {name: float(name in settings.components) for name in COMPONENTS}
+    seed = settings.seed if seed is None else seed
+    return signature_for(vendor, modality, seed=seed, strength=settings.strength, components=scales)

@@ -6,11 +6,14 @@ off with ``enabled=False``, and its default values are the neutral (identity) ac
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-#: the components, in the order :func:`~harmonia.synth.acquire` applies them
-COMPONENTS: tuple[str, ...] = ("contrast", "psf", "bias", "transfer", "noise")
+# the component names are the recipe's vocabulary (``cohort.synthetic.components``): they live with
+# TwinSettings in the core's ground floor, and the simulator applies them in that order
+from harmonia.api import COMPONENTS
 
 
 class Component(BaseModel):
@@ -22,33 +25,38 @@ class Component(BaseModel):
 
 
 class Contrast(Component):
-    """Tissue-contrast mapping: each tissue's clean value gets its own gain and offset.
+    """Vendor contrast that keeps tissue order: a random monotone remap of the clean tissue-intensity scale.
 
-    Models the different relative tissue contrast of different sequences (TE/TR/flip angle) or
-    beam qualities. Gains and offsets are drawn from ``key`` per tissue index, so a signature
-    works for any number of tissues.
+    Vendors run the same sequence (or beam quality) with different TE/TR/flip angle, readout and
+    calibration, which stretches the contrast between some tissues and compresses it between
+    others, but never makes a darker tissue brighter: bSSFP blood is brighter than myocardium on
+    every scanner, CT numbers are calibrated to water and air. The remap cuts the tissue-intensity
+    range into :attr:`SEGMENTS` equal parts, gives each a slope ``exp(log_slope_sd * z)`` with
+    ``z`` drawn from ``key``, and rescales so both ends of the range stay put; the map is
+    piecewise linear and strictly increasing, so it cannot reorder tissues, and it does not depend
+    on how many tissues there are.
     """
 
-    key: int = Field(0, ge=0, description="seed of the per-tissue draws")
-    log_gain_sd: float = Field(0.0, ge=0, description="standard deviation of each tissue's log gain")
-    offset_sd: float = Field(
-        0.0, ge=0, description="standard deviation of each tissue's offset, as a fraction of the tissue-intensity range"
-    )
+    SEGMENTS: ClassVar[int] = 6
 
-    def tissue_mapping(self, n_tissues: int) -> tuple[np.ndarray, np.ndarray]:
-        """Gains and offsets (fractions of the range) of tissues ``0 .. n_tissues-1``.
+    key: int = Field(0, ge=0, description="seed of the segment slopes")
+    log_slope_sd: float = Field(0.0, ge=0, description="standard deviation of each segment's log slope")
 
-        Tissue ``i``'s draw depends only on ``(key, i)``, never on how many tissues there are.
-        """
-        z = np.array([np.random.default_rng([self.key, i]).standard_normal(2) for i in range(n_tissues)])
-        z = z.reshape(n_tissues, 2)
-        return np.exp(self.log_gain_sd * z[:, 0]), self.offset_sd * z[:, 1]
+    def remap(self, u: np.ndarray) -> np.ndarray:
+        """``u`` (clean values as fractions 0..1 of the tissue-intensity range) after the monotone remap."""
+        slopes = np.exp(self.log_slope_sd * np.random.default_rng(self.key).standard_normal(self.SEGMENTS))
+        knots = np.linspace(0.0, 1.0, self.SEGMENTS + 1)
+        return np.interp(u, knots, np.r_[0.0, np.cumsum(slopes)] / slopes.sum())
 
 
 class Psf(Component):
-    """Point-spread blur: a Gaussian of ``sigma`` pixels (lost resolution, smoother reconstruction kernel)."""
+    """Point-spread function: Gaussian blur (lost resolution, smoother reconstruction kernel) and, for MRI,
+    the k-space truncation of a smaller acquisition matrix, which blurs and rings (Gibbs) at edges."""
 
     sigma: float = Field(0.0, ge=0, description="Gaussian sigma in pixels along the finest axis")
+    kspace: float = Field(
+        1.0, gt=0, le=1, description="fraction of k-space kept along the finest axes, sharp cut-off (1 = all)"
+    )
 
 
 class Noise(Component):
@@ -57,6 +65,9 @@ class Noise(Component):
     level: float = Field(0.0, ge=0, description="standard deviation as a fraction of the tissue-intensity range")
     correlation: float = Field(0.0, ge=0, description="correlation length (Gaussian sigma) in pixels; 0 = white")
     rician: bool = Field(False, description="magnitude (Rician) noise as in MRI; Gaussian otherwise (CT, X-ray)")
+    variation: float = Field(
+        0.0, ge=0, lt=1, description="smooth spatial variation of the level, +- fraction (parallel-imaging g-factor)"
+    )
 
 
 class Bias(Component):

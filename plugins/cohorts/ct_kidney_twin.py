@@ -30,7 +30,7 @@ import numpy as np
 from harmonia.api import TwinSettings
 from harmonia.io import write_dicom_series, write_seg
 from harmonia.seeding import derive_seed
-from harmonia.synth import acquire, signature_for
+from harmonia.synth import acquire, twin_signature
 from harmonia.synth.abdomen import (
     AIR,
     AORTA,
@@ -222,7 +222,7 @@ def write_patient(folder: Path, person: Person, scanner: Scanner, settings: Twin
     rng = np.random.default_rng(derive_seed("ct_kidney-twin", settings.seed, person.patient_id))
     phantom = draw_phantom(rng, scanner, settings.difficulty)
     grid = phantom.grid
-    signature = signature_for(scanner.vendor, "CT", seed=settings.seed, strength=settings.strength)
+    signature = twin_signature(scanner.vendor, "CT", settings)
 
     def scan(values: list[float], stream: str) -> np.ndarray:
         """The phantom in the HU ``values`` through the scanner's signature, with noise from ``stream``."""

@@ -37,7 +37,7 @@ from skimage.measure import find_contours
 from harmonia.api import TwinSettings
 from harmonia.io import WrittenSeries, write_dicom_series
 from harmonia.seeding import derive_seed
-from harmonia.synth import acquire, signature_for
+from harmonia.synth import acquire, twin_signature
 
 COLLECTION = "LIDC-IDRI"
 NAMESPACE = "http://www.nih.gov"
@@ -280,7 +280,7 @@ def write_patient(out: Path, patient_id: str, site: Site, kinds: list[str], sett
         centre = (SLICES // 2, MATRIX // 2 + int(rng.integers(-10, 10)), MATRIX // 2 + 30)
         tissues[centre[0], centre[1] - 1 : centre[1] + 2, centre[2] - 1 : centre[2] + 2] = NODULE
         small = centre
-    signature = signature_for(site.vendor, "CT", seed=settings.seed, strength=settings.strength)
+    signature = twin_signature(site.vendor, "CT", settings)
     spacing = (site.slice_mm, site.pixel_mm, site.pixel_mm)
     image = acquire(
         tissues, [HU[t] for t in range(len(HU))], signature, derive_seed("ct-lidc-twin", patient_id), spacing

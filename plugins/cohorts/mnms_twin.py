@@ -26,7 +26,7 @@ import pandas as pd
 
 from harmonia.api import TwinSettings
 from harmonia.seeding import derive_seed
-from harmonia.synth import acquire, signature_for, smooth_field
+from harmonia.synth import acquire, smooth_field, twin_signature
 
 INFO_CSV = "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv"
 COLUMNS = ["External code", "VendorName", "Vendor", "Centre", "ED", "ES", "Age", "Pathology", "Sex", "Height", "Weight"]
@@ -248,7 +248,7 @@ def write_patient(folder: Path, code: str, heart: Heart, site: Site, vendor: str
     rows = site.matrix - 2 * int(rng.integers(0, 7))
     grid = Grid.of(rows, site.matrix, pixel)
     texture = smooth_field((rows, site.matrix), 0.3, rng)
-    signature = signature_for(vendor, "MRI", seed=settings.seed, strength=settings.strength)
+    signature = twin_signature(vendor, "MRI", settings)
     values = intensities(settings.difficulty)
 
     cine = np.zeros((site.matrix, rows, heart.slices + heart.beyond_apex, heart.frames), np.int16)

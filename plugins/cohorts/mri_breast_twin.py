@@ -37,7 +37,7 @@ import pydicom
 from harmonia.api import TwinSettings
 from harmonia.io import write_dicom_series
 from harmonia.seeding import derive_seed
-from harmonia.synth import acquire, signature_for, smooth_field
+from harmonia.synth import acquire, smooth_field, twin_signature
 
 COLLECTION = "Duke-Breast-Cancer-MRI"
 CLINICAL_XLSX = "Clinical_and_Other_Features.xlsx"
@@ -242,7 +242,7 @@ def write_patient(
     """Both series of one patient under ``folder``; returns the tumour box as the annotation sheet gives it."""
     site = SITES[vendor]
     tissues = phantom(anatomy, site, rng)
-    signature = signature_for(vendor, "MRI", seed=settings.seed, strength=settings.strength)
+    signature = twin_signature(vendor, "MRI", settings)
     pre_description, post_description = site.descriptions[int(rng.integers(len(site.descriptions)))]
     study = folder / f"01-01-1990-NA-MRI BREAST BILATERAL WWO-{int(rng.integers(10000, 99999))}"
     header = {

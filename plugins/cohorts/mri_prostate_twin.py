@@ -33,7 +33,7 @@ import SimpleITK as sitk
 from harmonia.api import TwinSettings
 from harmonia.io import write_mha
 from harmonia.seeding import derive_seed
-from harmonia.synth import acquire, signature_for, smooth_field
+from harmonia.synth import acquire, smooth_field, twin_signature
 
 FOLDS = 5
 LABELS = Path("picai_labels")
@@ -288,7 +288,7 @@ def write_case(
 
     sequences = (("t2w", t2w_values(settings.difficulty), 1), ("adc", ADC, 2), ("hbv", HBV, 2))
     for sequence, values, step in sequences:
-        signature = signature_for(vendor, "MRI", seed=derive_seed(settings.seed, sequence), strength=settings.strength)
+        signature = twin_signature(vendor, "MRI", settings, seed=derive_seed(settings.seed, sequence))
         sampled = (spacing[0], pixel * step, pixel * step)
         seed = derive_seed("mri_prostate-twin-acquire", settings.seed, case, sequence)
         image = acquire(

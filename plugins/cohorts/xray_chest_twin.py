@@ -32,7 +32,7 @@ from pydicom.uid import generate_uid
 from harmonia.api import TwinSettings
 from harmonia.io import write_dicom_series
 from harmonia.seeding import derive_seed
-from harmonia.synth import acquire, signature_for, smooth_field
+from harmonia.synth import acquire, smooth_field, twin_signature
 
 SHEET = "master_spreadsheet_update.csv"
 FINDINGS = [
@@ -201,7 +201,7 @@ def write_image(
     shape = (round(FIELD_MM[0] / pixel), round(FIELD_MM[1] / pixel))
     texture = smooth_field(shape, 0.04, rng, pixel)
     tissues = radiograph_tissues(chest, shape, pixel, texture)
-    signature = signature_for(code, "X-ray", seed=settings.seed, strength=settings.strength)
+    signature = twin_signature(code, "X-ray", settings)
     seed = derive_seed("xray_chest-twin-acquire", settings.seed, patient_id, study)
     image = np.clip(acquire(tissues, BRIGHTNESS, signature, seed=seed, spacing=pixel), 0, FULL_SCALE)
 
