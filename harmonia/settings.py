@@ -17,7 +17,12 @@ class TrainSpec(StrictModel):
     """Training settings of every (seed, training domain) cell; defaults are those of Guo et al."""
 
     epochs: int = Field(60, ge=1)
-    batch_size: int = Field(50, ge=1)
+    batch_size: int = Field(
+        50,
+        ge=2,
+        description="items per training batch; at least 2, since a batch of one breaks normalisation layers "
+        "(the engine skips such a batch, so a size of 1 would train nothing)",
+    )
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     seeds: int = Field(10, ge=1, description="repetitions with different splits and initialisations")

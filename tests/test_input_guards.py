@@ -91,3 +91,11 @@ def test_validate_refuses_an_alias_bomb(registry, toy_recipe, tmp_path, capsys):
     assert (
         err.startswith(f"harmonia: error: {path}: the recipe holds more than 100,000 values") and err.count("\n") == 1
     )
+
+
+def test_a_batch_of_one_item_is_refused_because_it_would_train_nothing(registry, toy_recipe):
+    from harmonia.errors import RecipeError
+    from harmonia.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match=r"train\.batch_size: Input should be greater than or equal to 2"):
+        load_recipe(toy_recipe, ["train.batch_size=1"], registry=registry)
