@@ -243,7 +243,8 @@ def run_experiment(
     folder = RunFolder(make_run_dir(Path(run_dir)), list(experiment.points[0].values))
     with folder.lock(), _log_into(folder.log_path):
         manifest = folder.read_manifest()
-        header = manifest_header(experiment, registry, resolve_device(experiment.points[0].recipe.train.device))
+        device = resolve_device(experiment.points[0].recipe.train.device)
+        header = manifest_header(experiment, registry, device)
         if manifest:
             _check_same_recipe(folder, manifest, header)
         if not folder.recipe_path.exists():
@@ -256,7 +257,7 @@ def run_experiment(
             finished=None,
         )
         try:
-            _run_cells(experiment, folder, registry, resolve_device(experiment.points[0].recipe.train.device), progress)
+            _run_cells(experiment, folder, registry, device, progress)
         except KeyboardInterrupt:
             _mark(folder, status="interrupted")
             raise RunInterrupted(folder.path) from None

@@ -176,8 +176,15 @@ class RecipeLoader(yaml.SafeLoader):
 
 
 def load_yaml(text: str) -> Any:
-    """``text`` read with :class:`RecipeLoader` (safe, no duplicate keys)."""
-    return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 - RecipeLoader is a SafeLoader
+    """``text`` read with :class:`RecipeLoader`: what ``yaml.safe_load`` does, plus the duplicate-key check.
+
+    The loader is built here rather than passed to ``yaml.load``, so no caller can swap in an unsafe one.
+    """
+    loader = RecipeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
