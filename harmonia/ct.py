@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 
 from harmonia.api import CohortParams
-from harmonia.geometry import to_grid
+from harmonia.geometry import pixel_spacing_field, slice_size_field, to_grid
 
 #: HU of air: what crops around a point are padded with where they leave the scanned volume
 AIR_HU = -1000.0
@@ -17,15 +16,8 @@ OUTSIDE_FOV_HU = -1024.0
 class SliceParams(CohortParams):
     """The geometry every axial CT slice is brought to."""
 
-    image_size: int = Field(
-        128, ge=16, le=1024, description="side of the square slice in pixels, after resampling (centre crop or pad)"
-    )
-    spacing_mm: float = Field(
-        3.0,
-        gt=0,
-        le=10,
-        description="in-plane pixel size in mm every slice is resampled to; field of view = image_size x spacing_mm",
-    )
+    image_size: int = slice_size_field()
+    spacing_mm: float = pixel_spacing_field(3.0)
 
 
 def hu_to_grid(

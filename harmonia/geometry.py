@@ -3,9 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+from pydantic import Field
 from scipy import ndimage
+
+SLICE_SIZE = "side of the square slice in pixels, after resampling (centre crop or pad)"
+
+
+def slice_size_field(description: str = SLICE_SIZE) -> Any:
+    """A cohort's ``image_size`` parameter: the side of its square items, 16 to 1024 pixels, default 128."""
+    return Field(128, ge=16, le=1024, description=description)
+
+
+def pixel_spacing_field(default: float) -> Any:
+    """A cohort's ``spacing_mm`` parameter: the in-plane pixel size its slices are resampled to, up to 10 mm."""
+    return Field(
+        default,
+        gt=0,
+        le=10,
+        description="in-plane pixel size in mm every slice is resampled to; field of view = image_size x spacing_mm",
+    )
 
 
 def to_grid(

@@ -30,6 +30,7 @@ from harmonia.api import Items, RegexPattern, Task, TwinSettings
 from harmonia.contoured_ct import ContouredCtCohort, ContouredPatient, GtvParams
 from harmonia.ct import AIR_HU, hu_to_grid
 from harmonia.domains import OTHER, vendor_or_other
+from harmonia.geometry import pixel_spacing_field, slice_size_field
 from harmonia.io import MedicalImage
 from harmonia_plugins.cohorts.ct_hnscc_twin import write_twin
 
@@ -48,10 +49,8 @@ class HnsccParams(GtvParams):
         description="regular expression (case-insensitive, re.search) of the tumour ROI names; slices with a "
         "voxel of any matching ROI are positive (default: every GTV, e.g. GTV, GTVp, GTV_N, GTV-1)",
     )
-    image_size: int = Field(128, ge=16, le=1024, description="side of the square slice in pixels (centre crop or pad)")
-    spacing_mm: float = Field(
-        2.0, gt=0, le=10, description="in-plane pixel size in mm; field of view = image_size x spacing_mm"
-    )
+    image_size: int = slice_size_field()
+    spacing_mm: float = pixel_spacing_field(2.0)
     negatives_per_positive: float = Field(
         1.0,
         ge=0,

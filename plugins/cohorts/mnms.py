@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from harmonia import hookimpl
 from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
 from harmonia.errors import DataError
-from harmonia.geometry import to_grid
+from harmonia.geometry import pixel_spacing_field, slice_size_field, to_grid
 from harmonia.io import canonical_vendor, read_image
 from harmonia.sheets import read_table, require_columns
 from harmonia_plugins.cohorts.mnms_twin import write_twin
@@ -57,15 +57,8 @@ class MnmsParams(CohortParams):
         default_factory=lambda: list(VENDORS),
         description="vendors (scanner domains) to use, in study order; any of Siemens, Philips, GE, Canon",
     )
-    image_size: int = Field(
-        128, ge=16, le=1024, description="side of the square slice in pixels, after resampling (centre crop or pad)"
-    )
-    spacing_mm: float = Field(
-        1.5,
-        gt=0,
-        le=10,
-        description="in-plane pixel size in mm every slice is resampled to; field of view = image_size x spacing_mm",
-    )
+    image_size: int = slice_size_field()
+    spacing_mm: float = pixel_spacing_field(1.5)
     phases: list[Literal["ED", "ES"]] = Field(
         default_factory=lambda: ["ED", "ES"],
         min_length=1,

@@ -28,7 +28,7 @@ from harmonia import hookimpl
 from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
 from harmonia.domains import OTHER, one_domain_per_patient, vendor_or_other
 from harmonia.errors import DataError, UnreadableFile
-from harmonia.geometry import to_grid
+from harmonia.geometry import pixel_spacing_field, slice_size_field, to_grid
 from harmonia.io import canonical_vendor, read_header, read_image
 from harmonia.sheets import read_table, require_columns
 from harmonia_plugins.cohorts.mri_prostate_twin import write_twin
@@ -53,13 +53,8 @@ OBTAIN = (
 class MriProstateParams(CohortParams):
     """The geometry every T2W slice is brought to and which lesion annotations label the slices."""
 
-    image_size: int = Field(128, ge=16, le=1024, description="side of the square slice in pixels (centre crop or pad)")
-    spacing_mm: float = Field(
-        1.0,
-        gt=0,
-        le=10,
-        description="in-plane pixel size in mm every slice is resampled to; FOV = image_size x spacing_mm",
-    )
+    image_size: int = slice_size_field()
+    spacing_mm: float = pixel_spacing_field(1.0)
     lesion_masks: list[str] = Field(
         default_factory=lambda: ["human_expert/resampled"],
         min_length=1,

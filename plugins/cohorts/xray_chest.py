@@ -27,7 +27,7 @@ from harmonia import hookimpl
 from harmonia.api import Cohort, CohortParams, Items, PatientRecord, Task, TwinSettings
 from harmonia.domains import one_domain_per_patient
 from harmonia.errors import DataError, UnreadableFile
-from harmonia.geometry import to_grid
+from harmonia.geometry import slice_size_field, to_grid
 from harmonia.io import read_image
 from harmonia.sheets import find_file, read_table, require_columns
 from harmonia_plugins.cohorts.xray_chest_twin import write_twin
@@ -54,9 +54,7 @@ class XrayChestParams(CohortParams):
     image_format: Literal["png", "dicom"] = Field(
         "png", description="read PngPath (png) or DicomPath (dicom); DICOM is read when the sheet has no PngPath"
     )
-    image_size: int = Field(
-        128, ge=16, le=1024, description="side of the square item: the image is padded to a square and resized"
-    )
+    image_size: int = slice_size_field("side of the square item: the image is padded to a square and resized")
     uncertain: Literal["exclude", "positive", "negative"] = Field(
         "exclude", description="Cardiomegaly -1 (uncertain mention): left out, or read as present (U-Ones) or absent"
     )
