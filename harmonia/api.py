@@ -76,12 +76,18 @@ class Plugin:
 
 @dataclass(frozen=True)
 class Task:
-    """What a cohort asks of a model: the kind of prediction, the classes and the image geometry."""
+    """What a cohort asks of a model: the kind of prediction, the classes and the image geometry.
+
+    ``item_shape`` is the spatial shape of one item (no channel axis) where known: the protocol fills it
+    from the cohort before making the model, so a model can size its input layer (NoduleX takes a crop's
+    slices as channels); empty when not known.
+    """
 
     kind: TaskKind
     class_names: tuple[str, ...]
     spatial_dims: int = 2
     in_channels: int = 1
+    item_shape: tuple[int, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -455,6 +461,8 @@ class Model(Plugin, nn.Module):
     kind: ClassVar[PluginKind] = "model"
     #: task kinds this model can solve
     tasks: ClassVar[tuple[TaskKind, ...]] = ("segmentation", "classification")
+    #: image dimensionalities it takes (``Task.spatial_dims``): 2-D images, 3-D volumes or crops
+    image_dims: ClassVar[tuple[int, ...]] = (2, 3)
     #: channels of each entry of ``ModelOutput.levels``, shallowest first; empty: the model exposes no levels
     level_channels: tuple[int, ...] = ()
 
@@ -539,12 +547,22 @@ class Mitigation(Plugin):
     #: the model runs once on source and target concatenated, so normalisation layers with batch
     #: statistics see both domains together; the task loss still sees only the source part
     joint_forward: bool = False
-    #: units of the images :meth:`augment_batch` receives: native (e.g. HU) or z-scored
-    batch_space: ClassVar[Literal["native", "normalized"]] = "normalized"
+    #: units of the images :meth:`augment_batch` receives: native (e.g. HU) or z-scored (on the class, or set
+    #: on an instance from its parameters)
+    batch_space: Literal["native", "normalized"] = "normalized"
 
     def __init__(self, params: Params, task: Task):
         self.params = params
         self.task = task
+
+    @classmethod
+    def is_inactive(cls, params: Params) -> bool:
+        """Whether ``params`` make this mitigation change nothing (noise of sd 0, a mixing fraction of 0).
+
+        Such a mitigation is left out of its sweep point, which is then the plain model (``mitigations``
+        ``none``): the baseline that the other levels of a noise or mixing sweep are compared with.
+        """
+        return False
 
     def adjust_training_set(self, train: ImageSet, target_train: ImageSet | None, rng: np.random.Generator) -> ImageSet:
         return train
@@ -577,6 +595,11 @@ class Mitigation(Plugin):
 
         Each key ``k`` becomes the ``history.csv`` column ``<name>.k``. Not a stage: it changes nothing.
         """
+        return {}
+
+    def cell_record(self) -> dict[str, int | float | str]:
+        """Figures about what this mitigation did in the cell (e.g. how many target items it mixed in),
+        asked once after training; the manifest keeps them with the cell as ``<name>.<key>``. Not a stage."""
         return {}
 
     @classmethod
@@ -618,11 +641,16 @@ class Predictions:
 
 @dataclass(frozen=True)
 class Metric:
-    """One named metric value over ``n`` units (patients or images, as the evaluator says)."""
+    """One named metric value over ``n`` units (patients or images, as the evaluator says).
+
+    A value that is undefined on this test set (an AUC with one class present) is NaN, and ``note``
+    says why; the run records the note in its manifest and the report counts such values.
+    """
 
     name: str
     value: float
     n: int
+    note: str = ""
 
 
 class Evaluator(Plugin, ABC):
@@ -638,6 +666,11 @@ class Evaluator(Plugin, ABC):
     def __init__(self, params: Params, task: Task):
         self.params = params
         self.task = task
+
+    def calibrate(self, validation: Predictions) -> None:
+        """Learn what scoring needs from the training domain's validation split (a decision threshold), once per
+        cell after training and before any test set; never sees a test split. By default nothing."""
+        return None
 
     @abstractmethod
     def evaluate(self, predictions: Predictions) -> list[Metric]:

@@ -11,7 +11,7 @@ domains never share a file; the sidecar keeps the name as it is. The sidecar is 
 weights, so a pair with its sidecar is complete.
 
 Sidecar keys: ``format`` (1), ``harmonia_version``, ``torch_version``, ``model`` {``plugin``, ``params``},
-``task`` {``kind``, ``class_names``, ``spatial_dims``, ``in_channels``}, ``cell`` {``sweep_id``, ``seed``,
+``task`` {``kind``, ``class_names``, ``spatial_dims``, ``in_channels``, ``item_shape``}, ``cell`` {``sweep_id``, ``seed``,
 ``train_domain``}, ``selection`` {``rule``, ``metric``, ``epoch``}, ``mitigations`` [{``plugin``, ``params``}].
 
 A loaded model expects what the engine fed it: images z-scored per image, after the
@@ -92,6 +92,7 @@ def save_model(folder: Path, model: Model, info: CheckpointInfo) -> Path:
             "class_names": list(task.class_names),
             "spatial_dims": task.spatial_dims,
             "in_channels": task.in_channels,
+            "item_shape": list(task.item_shape),
         },
         "cell": {"sweep_id": info.sweep_id, "seed": info.seed, "train_domain": info.train_domain},
         "selection": {"rule": info.selection_rule, "metric": info.selection_metric, "epoch": info.selected_epoch},
@@ -112,7 +113,8 @@ def load_model(path: str | Path, registry: Registry | None = None) -> Model:
     registry = registry or default_registry()
     try:
         t = sidecar["task"]
-        task = Task(t["kind"], tuple(t["class_names"]), t["spatial_dims"], t["in_channels"])
+        shape = tuple(t.get("item_shape", ()))  # absent from sidecars written before harmonia recorded it
+        task = Task(t["kind"], tuple(t["class_names"]), t["spatial_dims"], t["in_channels"], shape)
         model: Model = registry.create("model", sidecar["model"]["plugin"], sidecar["model"]["params"], task)
     except (InputError, KeyError, TypeError) as exc:  # an unknown plugin or rejected parameters: PluginError
         raise InputError(f"{sidecar_path}: cannot rebuild the model: {one_line(exc)}") from None

@@ -231,8 +231,14 @@ class Trainer:
         return Predictions(self.task, data.targets, predicted, data.patients, probabilities)
 
     def _validation_score(self, val: ImageSet) -> tuple[str, float]:
-        """The selector's primary metric on ``val``: its name and its value, as the evaluator gives it."""
-        metric = self.selector.evaluate(self.predictions(val, self.selector.needs_probabilities))[0]
+        """The selector's primary metric on ``val``: its name and its value, as the evaluator gives it.
+
+        An evaluator that calibrates (a decision threshold) is calibrated on the same validation predictions
+        first, so each epoch is scored at its own threshold; the test sets see the selected epoch's.
+        """
+        predictions = self.predictions(val, self.selector.needs_probabilities)
+        self.selector.calibrate(predictions)
+        metric = self.selector.evaluate(predictions)[0]
         return metric.name, metric.value
 
     def _preference(self, value: float) -> float:

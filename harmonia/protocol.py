@@ -15,7 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,12 @@ from harmonia.checkpoints import CheckpointInfo, plugin_record, save_model
 from harmonia.engine import EpochRecord, Trainer, TrainResult, resolve_device
 from harmonia.errors import CellFailed, DataError, HarmoniaError, InputError, RecipeError, RunInterrupted, one_line
 from harmonia.progress import Progress
-from harmonia.recipe import CohortSpec, Experiment, PluginSpec, SweepPoint
+from harmonia.recipe import CohortSpec, Experiment, PluginSpec, SweepPoint, incompatibility
 from harmonia.registry import Registry, default_registry
 from harmonia.results import RunFolder, atomic_write_text, now, recipe_fingerprint
 from harmonia.seeding import derive_seed, seed_everything
 from harmonia.splits import Split, split_patients
-from harmonia.stages import MitigationStack
+from harmonia.stages import MitigationStack, mitigation_labels
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,19 @@ def common_seed(cell: Cell, purpose: str) -> int:
     return derive_seed(purpose, cohort_key(cell.point), model_key, cell.seed, cell.train_domain)
 
 
+@dataclass
+class CellOutcome:
+    """What one cell produced: its result rows, its training record and what the manifest keeps of it.
+
+    ``record`` holds the mitigations' :meth:`~harmonia.api.Mitigation.cell_record` figures (as
+    ``<mitigation>.<key>``) and, under ``undefined``, each metric that came out NaN with its reason.
+    """
+
+    rows: list[dict[str, Any]]
+    training: TrainResult
+    record: dict[str, Any]
+
+
 def run_cell(
     cell: Cell,
     data: CohortData,
@@ -130,8 +143,10 @@ def run_cell(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     models_dir: Path | None = None,
-) -> tuple[list[dict[str, Any]], TrainResult]:
-    """Train on the cell's domain and test on every domain; the result rows and the training record.
+) -> CellOutcome:
+    """Train on the cell's domain and test on every domain.
+
+    Evaluators that calibrate (a decision threshold) see the training domain's validation split, never a test split.
 
     ``on_epoch`` gets each epoch's record as it ends. With ``train.save_models`` on, the selected
     weights are saved into ``models_dir`` (see :mod:`harmonia.checkpoints` for the file names).
@@ -139,7 +154,7 @@ def run_cell(
     recipe = cell.point.recipe
     seed = train_seed(cell)
     seed_everything(seed)
-    task = data.cohort.task
+    task = replace(data.cohort.task, item_shape=tuple(data.items.images.shape[2:]))
     own = splits[cell.train_domain]
     train = data.items.of_patients(own.train, cell.train_domain)
     val = data.items.of_patients(own.val, cell.train_domain)
@@ -171,10 +186,15 @@ def run_cell(
         save_model(models_dir, model, info)
 
     needs_probabilities = any(e.needs_probabilities for e in evaluators)
+    calibrating = [e for e in evaluators if type(e).calibrate is not Evaluator.calibrate]
+    if calibrating:
+        validation = trainer.predictions(val, needs_probabilities)
+        for evaluator in calibrating:
+            evaluator.calibrate(validation)
     rows = []
     base = {
         **cell.point.values,  # first, so a swept key never hides a fixed column of the same name
-        "cohort": recipe.cohort.plugin,
+        "cohort": recipe.cohort.name,
         "modality": data.cohort.modality,
         "data": data.source.kind,
         "mitigations": recipe.mitigation_label(),
@@ -194,10 +214,29 @@ def run_cell(
                         "metric": metric.name,
                         "value": metric.value,
                         "n": metric.n,
-                        "higher_is_better": evaluator.higher_is_better,  # for the manifest, not a results.csv column
+                        # for the manifest, not results.csv columns:
+                        "higher_is_better": evaluator.higher_is_better,
+                        "note": metric.note,
                     }
                 )
-    return rows, record
+    return CellOutcome(rows, record, _cell_record(mitigations, rows))
+
+
+def _cell_record(mitigations: list[Mitigation], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest's extra record of a cell: the mitigations' figures and the metrics left undefined, with why."""
+    record: dict[str, Any] = {
+        f"{label}.{key}": value
+        for label, m in zip(mitigation_labels(mitigations), mitigations)
+        for key, value in m.cell_record().items()
+    }
+    undefined = [
+        {"test_domain": r["test_domain"], "metric": r["metric"], "reason": r["note"] or "undefined"}
+        for r in rows
+        if isinstance(r["value"], float) and np.isnan(r["value"])
+    ]
+    if undefined:
+        record["undefined"] = undefined
+    return record
 
 
 def manifest_header(experiment: Experiment, registry: Registry, device: torch.device) -> dict[str, Any]:
@@ -334,19 +373,13 @@ def _log_into(path: Path) -> Iterator[None]:
 def preflight(point: SweepPoint, data: CohortData, registry: Registry) -> None:
     """Configuration errors that show only once the cohort is loaded, raised before any training."""
     recipe, task = point.recipe, data.cohort.task
-    model = registry.get("model", recipe.model.plugin).cls
-    if task.kind not in model.tasks:
-        raise RecipeError(
-            f"model.plugin: '{recipe.model.plugin}' cannot do {task.kind} (cohort {recipe.cohort.plugin})"
-        )
-    for i, spec in enumerate(recipe.evaluate):
-        if task.kind not in registry.get("evaluator", spec.plugin).cls.tasks:
-            raise RecipeError(
-                f"evaluate[{i}].plugin: '{spec.plugin}' does not evaluate {task.kind} (cohort {recipe.cohort.plugin})"
-            )
+    problem = incompatibility(task, recipe.cohort.plugin, recipe.model, recipe.evaluate, registry)
+    if problem:
+        raise RecipeError(problem)
     if len(data.domains) < 2:
         for i, spec in enumerate(recipe.mitigations):
-            if registry.get("mitigation", spec.plugin).cls.uses_target_images:
+            cls = registry.get("mitigation", spec.plugin).cls
+            if cls.uses_target_images or cls.uses_target_labels:
                 raise RecipeError(
                     f"mitigations[{i}].plugin: '{spec.plugin}' needs target-domain images, but cohort "
                     f"{recipe.cohort.plugin} is used with one domain ({', '.join(data.domains)})"
@@ -366,7 +399,7 @@ def _run_cells(
         key = point.recipe.cohort.model_dump_json()
         if key not in cohorts:
             cohorts[key] = data = load_cohort(point.recipe.cohort, registry)
-            _record_cohort(folder, point.recipe.cohort.plugin, data)
+            _record_cohort(folder, point.recipe.cohort.name, data)
         return cohorts[key]
 
     for point in experiment.points:
@@ -381,7 +414,7 @@ def _run_cells(
         label = f"[{number}/{len(todo)}] sweep {cell.point.id} ({cell.point.recipe.mitigation_label()}) seed {cell.seed} train {cell.train_domain}"
         progress.cell_started(label, cell.point.recipe.train.epochs)
         try:
-            rows, record = run_cell(
+            outcome = run_cell(
                 cell,
                 data,
                 splits,
@@ -401,12 +434,13 @@ def _run_cells(
                 "epoch": e.epoch,
                 "train_loss": e.train_loss,
                 "val_score": e.val_score,
-                "selected": e.epoch == record.selected_epoch,
+                "selected": e.epoch == outcome.training.selected_epoch,
                 **e.extras,
             }
-            for e in record.history
+            for e in outcome.training.history
         ]
-        folder.add_cell(cell.key, rows, history)
+        rows, record = outcome.rows, outcome.training
+        folder.add_cell(cell.key, rows, history, outcome.record)
         folder.record_metrics(rows)
         primary = rows[0]["metric"] if rows else "?"
         same = [r["value"] for r in rows if r["metric"] == primary and r["test_domain"] == cell.train_domain]

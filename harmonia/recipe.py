@@ -15,7 +15,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
@@ -75,6 +75,17 @@ class CohortSpec(PluginSpec):
     root: Path | None = Field(None, description="folder of the real dataset; else $HARMONIA_DATA/<cohort>")
     synthetic: TwinSettings = Field(default_factory=TwinSettings)
     train_domains: list[str] | None = Field(None, description="domains to train on (default: all)")
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="the cohort's name in results and reports (default: the plugin's name); tells two entries "
+        "of one plugin apart",
+    )
+
+    @property
+    def name(self) -> str:
+        """What results.csv's ``cohort`` column holds: the label, else the plugin's name."""
+        return self.label or self.plugin
 
 
 class Recipe(_Strict):
@@ -87,6 +98,11 @@ class Recipe(_Strict):
     mitigations: list[PluginSpec] = Field(default_factory=list)
     train: TrainSpec = Field(default_factory=TrainSpec)
     evaluate: list[PluginSpec] = Field(min_length=1)
+    reference: Literal["guo_table2"] | None = Field(
+        None,
+        description="published results this recipe reproduces, shown beside the run's own in the report "
+        "(guo_table2: Table 2 of Guo et al., the scanner-shift study)",
+    )
     max_sweep_points: SweepLimit = Field(
         DEFAULT_MAX_SWEEP_POINTS, description="refuse a sweep grid larger than this (a guard against typos)"
     )
@@ -316,35 +332,94 @@ def validate_point(data: dict[str, Any], registry: Registry) -> Recipe:
 
 
 def _check_compatibility(recipe: Recipe, registry: Registry) -> None:
-    """Plugins that cannot work together (a segmentation model on a classification cohort...)."""
-    task_kind = _cohort_task_kind(recipe, registry)
-    if task_kind is None:
-        return
-    model_cls = registry.get("model", recipe.model.plugin).cls
-    if task_kind not in model_cls.tasks:
-        model, cohort = recipe.model.plugin, recipe.cohort.plugin
-        raise RecipeError(f"model.plugin: '{model}' cannot do {task_kind} (cohort {cohort})")
-    for i, spec in enumerate(recipe.evaluate):
-        cls = registry.get("evaluator", spec.plugin).cls
-        if task_kind not in cls.tasks:
-            raise RecipeError(f"evaluate[{i}].plugin: '{spec.plugin}' does not evaluate {task_kind}")
-
-
-def _cohort_task_kind(recipe: Recipe, registry: Registry) -> str | None:
-    """The cohort's task kind when the class declares its task statically, else None."""
+    """Plugins that cannot work together (a segmentation model on a classification cohort, a 2-D model on 3-D crops...),
+    where the cohort declares its task on the class; else :func:`harmonia.protocol.preflight` checks once it is loaded."""
     task = getattr(registry.get("cohort", recipe.cohort.plugin).cls, "task", None)
-    return task.kind if isinstance(task, Task) else None
+    if not isinstance(task, Task):
+        return
+    problem = incompatibility(task, recipe.cohort.plugin, recipe.model, recipe.evaluate, registry)
+    if problem:
+        raise RecipeError(problem)
 
 
-def expand_sweep(data: dict[str, Any], origin: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    """Every (swept values, recipe mapping) of the grid, in a stable order; one point if no sweep."""
+def incompatibility(
+    task: Task, cohort: str, model: PluginSpec, evaluate: list[PluginSpec], registry: Registry
+) -> str | None:
+    """What keeps ``model`` and the ``evaluate`` plugins from working on a cohort with ``task``, or None."""
+    model_cls = registry.get("model", model.plugin).cls
+    if task.kind not in model_cls.tasks:
+        return f"model.plugin: '{model.plugin}' cannot do {task.kind} (cohort {cohort})"
+    if task.spatial_dims not in model_cls.image_dims:
+        takes = " or ".join(f"{d}-D" for d in model_cls.image_dims)
+        return f"model.plugin: '{model.plugin}' takes {takes} images; cohort {cohort} gives {task.spatial_dims}-D items"
+    for i, spec in enumerate(evaluate):
+        if task.kind not in registry.get("evaluator", spec.plugin).cls.tasks:
+            return f"evaluate[{i}].plugin: '{spec.plugin}' does not evaluate {task.kind} (cohort {cohort})"
+    return None
+
+
+def expand_cohorts(data: dict[str, Any], origin: str) -> list[dict[str, Any]]:
+    """The recipe once per entry of its ``cohorts:`` list, or as it is when it has none.
+
+    Each entry holds a ``cohort`` and optionally a ``model``; they are merged over the top-level
+    ``cohort`` and ``model`` (the entry wins; a top-level ``params`` is kept only for the same plugin),
+    so a top-level ``cohort.synthetic`` or ``--set cohort.synthetic.patients=40`` reaches every entry.
+    """
+    if "cohorts" not in data:
+        return [data]
+    entries = data["cohorts"]
+    if not isinstance(entries, list) or not entries:
+        raise RecipeError(f"{origin}: cohorts: must be a non-empty list of {{cohort: ..., model: ...}} entries")
+    base = {key: value for key, value in data.items() if key != "cohorts"}
+    expanded = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("cohort"), dict):
+            raise RecipeError(f"{origin}: cohorts[{i}]: must be a mapping with a cohort: mapping (and a model:)")
+        unknown = sorted(set(entry) - {"cohort", "model"})
+        if unknown:
+            raise RecipeError(f"{origin}: cohorts[{i}].{unknown[0]}: unknown key (an entry holds cohort and model)")
+        point = copy.deepcopy(base)
+        for key, value in entry.items():
+            point[key] = _merge_spec(base.get(key), value)
+        expanded.append(point)
+    names = [_entry_name(point["cohort"]) for point in expanded]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RecipeError(
+            f"{origin}: cohorts: {repeated[0]!r} appears twice; give the entries of one plugin distinct cohort.label"
+        )
+    return expanded
+
+
+def _merge_spec(default: Any, entry: Any) -> Any:
+    """``entry`` merged over ``default`` key by key (nested mappings too); ``default``'s ``params`` are
+    dropped when it names another plugin, since they are that plugin's."""
+    if not (isinstance(default, dict) and isinstance(entry, dict)):
+        return copy.deepcopy(entry)
+    merged = copy.deepcopy(default)
+    if default.get("plugin") not in (None, entry.get("plugin")):
+        merged.pop("params", None)
+    for key, value in entry.items():
+        merged[key] = _merge_spec(merged[key], value) if key in merged else copy.deepcopy(value)
+    return merged
+
+
+def _entry_name(cohort: dict[str, Any]) -> str:
+    return str(cohort.get("label") or cohort.get("plugin"))
+
+
+def expand_sweep(data: dict[str, Any], origin: str, copies: int = 1) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Every (swept values, recipe mapping) of the grid, in a stable order; one point if no sweep.
+
+    ``copies`` is how many times the grid runs (once per entry of ``cohorts:``), counted against ``max_sweep_points``.
+    """
     sweep = data.get("sweep") or {}
     if not isinstance(sweep, dict):
         raise RecipeError(f"{origin}: sweep: must be a mapping of KEY.PATH: [values]")
     for key, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise RecipeError(f"{origin}: sweep.{key}: must be a non-empty list of values")
-    _check_sweep_size(math.prod(len(values) for values in sweep.values()), data, origin)
+    _check_sweep_size(copies * math.prod(len(values) for values in sweep.values()), data, origin)
     keys = list(sweep)
     points = []
     for combo in itertools.product(*(sweep[k] for k in keys)):
@@ -412,23 +487,37 @@ def load_recipe(
     reject_oversized(data, origin)
     _reject_overrides_the_sweep_replaces(applied, data, origin)
     points = []
-    for i, (values, point_data) in enumerate(expand_sweep(data, origin)):
-        try:
-            recipe = validate_point(point_data, registry)
-        except RecipeError as exc:
-            where = f" (sweep point {i}: {_describe(values)})" if values else ""
-            raise RecipeError(f"{origin}: {exc}{where}") from None
-        points.append(SweepPoint(i, values, recipe))
-    base = copy.deepcopy(data)
-    if "sweep" in base:
-        base = {k: v for k, v in base.items() if k != "sweep"}
+    entries = expand_cohorts(data, origin)
+    for e, entry in enumerate(entries):
+        for values, point_data in expand_sweep(entry, origin, copies=len(entries)):
+            i = len(points)
+            try:
+                recipe = validate_point(point_data, registry)
+            except RecipeError as exc:
+                where = [f"cohorts[{e}]"] if "cohorts" in data else []
+                where += [f"sweep point {i}: {_describe(values)}"] if values else []
+                suffix = f" ({', '.join(where)})" if where else ""
+                raise RecipeError(f"{origin}: {exc}{suffix}") from None
+            points.append(SweepPoint(i, values, _without_inactive_mitigations(recipe, registry)))
+    base = {k: v for k, v in data.items() if k != "sweep"}
     try:
         resolved = validate_point(base, registry).model_dump(mode="json", exclude={"sweep"})
     except RecipeError:
-        # the base alone may be incomplete when the sweep supplies a required field
+        # the base alone may be incomplete when the sweep or the cohorts: list supplies a required field
         resolved = copy.deepcopy(base)
     resolved["sweep"] = data.get("sweep") or {}
     return Experiment(origin, resolved, points)
+
+
+def _without_inactive_mitigations(recipe: Recipe, registry: Registry) -> Recipe:
+    """``recipe`` less the mitigations its parameters make no-ops (noise of sd 0), so that the point is the plain
+    model and serves as a baseline (see :meth:`Mitigation.is_inactive <harmonia.api.Mitigation.is_inactive>`)."""
+    kept = [
+        s for s in recipe.mitigations if not registry.get("mitigation", s.plugin).cls.is_inactive(s.params_for_create)
+    ]
+    if len(kept) < len(recipe.mitigations):
+        recipe.mitigations = kept
+    return recipe
 
 
 def _describe(values: dict[str, Any]) -> str:

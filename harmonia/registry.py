@@ -60,7 +60,11 @@ FIRST_PARTY_MODULES = (
     "harmonia_plugins.cohorts.ct_recon",
     "harmonia_plugins.models.unet2d",
     "harmonia_plugins.mitigations.dann",
+    "harmonia_plugins.mitigations.gaussian_noise",
+    "harmonia_plugins.mitigations.target_mixing",
     "harmonia_plugins.evaluators.dice",
+    "harmonia_plugins.evaluators.auc",
+    "harmonia_plugins.evaluators.accuracy",
 )
 
 Origin = Literal["first-party", "entry point", "by hand"]

@@ -1,9 +1,13 @@
 """Reports of a run folder: the console table, ``report.md`` and ``figures/``.
 
-Everything here is read back from ``results.csv`` and ``manifest.json``, so a report can be
-rebuilt at any time (``harmonia report RUN_DIR``), also for an interrupted run. The report covers
-every metric; the console shows the primary one. The comparisons' statistics are in
-:mod:`harmonia.statistics`.
+Everything here is read back from ``results.csv``, ``manifest.json`` and ``recipe.yaml``, so a report can be
+rebuilt at any time (``harmonia report RUN_DIR``), also for an interrupted run. The report covers every
+metric; the console shows the primary one. It follows Guo et al.: Table 2 (same- vs other-domain per dataset
+and training domain, and the mean Δ per modality), Figure 2 (paired bars), Figure 3 (Δ by modality) and
+Figures 4/5 (the metric against the level of a swept mitigation parameter). With ``reference: guo_table2`` in
+the recipe the paper's published numbers (:mod:`harmonia.references`) stand beside the run's own. The title,
+every table's caption and every figure say whether the data are SYNTHETIC, real or mixed. The comparisons'
+statistics are in :mod:`harmonia.statistics`; the figures are drawn by :mod:`harmonia.figures`.
 """
 
 from __future__ import annotations
@@ -12,29 +16,58 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from harmonia import statistics  # noqa: E402
-from harmonia.errors import InputError  # noqa: E402
-from harmonia.results import TAIL_COLUMNS, RunFolder, atomic_write_text, domain_rank, read_results, summarize  # noqa: E402
+from harmonia import figures, references, statistics
+from harmonia.errors import InputError, one_line
+from harmonia.references import Reference
+from harmonia.results import RunFolder, atomic_write_text, read_results
+from harmonia.tables import (
+    Provenance,
+    UndefinedValues,
+    domain_order,
+    level_curves,
+    level_keys,
+    level_table,
+    modality_means,
+    point_labels,
+    provenance,
+    short_key,
+    study_table,
+    undefined_values,
+    unlevelled_points,
+)
 
 #: how the comparisons are made, said once in report.md (docs/protocol.md has the details)
 METHOD_NOTE = [
     "Each setting (a sweep point with mitigations) is paired with the baseline point without mitigations that",
-    "has the same value of every swept key except the mitigation keys; a setting with no such baseline is not",
-    "compared. The pairing is per (seed, training domain) cell; the paired differences are averaged over the",
-    "training domains of each seed, because the cells of one seed share its splits, so n is the number of seeds.",
-    "Each interval is a 95% CI by Student's t with n − 1 degrees of freedom: a paired t over seeds for a change,",
-    "a one-sample t over seeds for a baseline's Δ. The verdict uses the narrowing of the gap (baseline gap −",
-    "setting gap, positive = narrower, oriented by which way the metric is better): narrowed or widened when its",
-    "two-sided t-test p, Holm-adjusted over the settings compared on the metric, is below 0.05, otherwise no",
-    "clear change. A narrowed gap is flagged when the same-domain value clearly got worse (its 95% CI excludes 0",
-    "on the bad side).",
+    "has the same cohort and the same value of every swept key except the mitigation keys; a setting with no such",
+    "baseline is not compared. The pairing is per (seed, training domain) cell; the paired differences are",
+    "averaged over the training domains of each seed, because the cells of one seed share its splits, so n is the",
+    "number of seeds. Each interval is a 95% CI by Student's t with n − 1 degrees of freedom: a paired t over",
+    "seeds for a change, a one-sample t over seeds for a baseline's Δ. The verdict uses the narrowing of the gap",
+    "(baseline gap − setting gap, positive = narrower, oriented by which way the metric is better): narrowed or",
+    "widened when its two-sided t-test p, Holm-adjusted over the settings compared on the metric (every level of",
+    "every cohort), is below 0.05, otherwise no clear change. A narrowed gap is flagged when the same-domain value",
+    "clearly got worse (its 95% CI excludes 0 on the bad side).",
 ]
+
+#: how Table 2 and the mean Δ per modality are computed, said under the first Table 2
+TABLE_NOTE = (
+    "Δ = other-domain − same-domain (± its sd over seeds: the sd of each seed's own Δ). A seed's other-domain "
+    "value is its mean over all other test domains; means and sample sds are over seeds. Seeds counts the seeds "
+    "with a same-domain value, and the seeds with an other-domain value where fewer (an undefined value); Δ is "
+    "then the difference of means over different seeds."
+)
+MODALITY_NOTE = (
+    "Mean Δ is the mean of the Δ column over the modality's (dataset, training domain) rows, each row weighing "
+    "the same, as Guo et al. average; rows counts them. The sd over rows is the spread between datasets and "
+    "training domains (sample sd of the rows' Δ). The sd over seeds is the seed-to-seed spread of that mean: "
+    "for each seed index the mean Δ over the rows, then the sample sd of those per-seed means (the cohorts' "
+    "seeds are independent runs, grouped by their index)."
+)
 
 
 def _pm(mean: float, sd: float, signed: bool = False) -> str:
@@ -44,12 +77,34 @@ def _pm(mean: float, sd: float, signed: bool = False) -> str:
     return f"{shown} ± {sd:.3f}" if not math.isnan(sd) else shown
 
 
+def _signed(value: float) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:+.3f}"
+
+
 def read_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     """The results and manifest of ``run_dir``; an InputError naming the folder or the damaged file."""
     folder = RunFolder(Path(run_dir), [])
     if not folder.manifest_path.is_file():
         raise InputError(f"{run_dir}: not a harmonia run folder (no manifest.json)")
     return read_results(folder.results_path), folder.read_manifest()
+
+
+def read_reference(run_dir: Path) -> tuple[Reference | None, str | None]:
+    """The published results the run's ``recipe.yaml`` names under ``reference`` (None without one), and the name
+    as written when this harmonia does not know it. No ``recipe.yaml`` (an older folder) means no reference;
+    one that does not parse is an InputError naming it."""
+    path = RunFolder(Path(run_dir), []).recipe_path
+    if not path.is_file():
+        return None, None
+    try:
+        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise InputError(f"{path}: damaged recipe ({one_line(exc)})") from None
+    key = recipe.get("reference") if isinstance(recipe, dict) else None
+    if not key:
+        return None, None
+    found = references.get(str(key))
+    return found, None if found else str(key)
 
 
 @dataclass(frozen=True)
@@ -87,41 +142,161 @@ def metric_infos(results: pd.DataFrame, manifest: dict) -> list[MetricInfo]:
     return [MetricInfo(m, bool(directions.get(m, True)), m in directions) for m in names]
 
 
-def point_labels(results: pd.DataFrame) -> dict[int, str]:
-    """A readable label per sweep point: its mitigations plus its swept values."""
-    head = ["cohort", "modality", "data", "mitigations", "sweep_id"]
-    swept = [c for c in results.columns if c not in head + TAIL_COLUMNS]
-    labels = {}
-    for sweep_id, rows in results.groupby("sweep_id"):
-        first = rows.iloc[0]
-        extra = ", ".join(f"{c}={first[c]}" for c in swept if c != "mitigations")
-        labels[int(sweep_id)] = f"{first['mitigations']}" + (f" ({extra})" if extra else "")
-    return labels
+def _seeds_text(n_same: int, n_other: int) -> str:
+    return str(n_same) if n_other >= n_same else f"{n_same} ({n_other} other)"
+
+
+def _measured(table: pd.DataFrame, metric: str) -> dict[str, list[str]]:
+    """Table 2's measured columns as text: same, other, Δ (each ± its sd over seeds) and seeds."""
+    return {
+        f"same-domain {metric}": [_pm(m, s) for m, s in zip(table["same_mean"], table["same_sd"])],
+        f"other-domain {metric}": [_pm(m, s) for m, s in zip(table["other_mean"], table["other_sd"])],
+        "Δ": [_pm(d, s, signed=True) for d, s in zip(table["delta"], table["delta_sd"])],
+        "seeds": [_seeds_text(a, b) for a, b in zip(table["n_same"], table["n_other"])],
+    }
 
 
 def table_rows(results: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """The Table-2 rows of ``metric``: one per sweep point and training domain; Δ ± its sd over seeds."""
-    summary = summarize(results)
-    summary = summary[summary["metric"] == metric]
-    labels = point_labels(results)
-    return pd.DataFrame(
-        {
-            "setting": [labels[int(s)] for s in summary["sweep_id"]],
-            "train domain": summary["train_domain"],
-            f"same-domain {metric}": [_pm(m, s) for m, s in zip(summary["same_mean"], summary["same_sd"])],
-            f"other-domain {metric}": [_pm(m, s) for m, s in zip(summary["other_mean"], summary["other_sd"])],
-            "Δ": [_pm(d, s, signed=True) for d, s in zip(summary["delta"], summary["delta_sd"])],
-            "seeds": summary["n_seeds"],
-        }
+    """The console's Table 2 of ``metric``: one row per sweep point and training domain; Δ ± its sd over seeds.
+
+    With more than one cohort the dataset is a column and the setting leaves it out."""
+    table = study_table(results, metric)
+    frame = pd.DataFrame({"setting": table["setting"]})
+    if table["dataset"].nunique() > 1:
+        frame["dataset"] = table["dataset"]
+    return frame.assign(**{"train domain": table["train_domain"], **_measured(table, metric)})
+
+
+def _markdown_table2(table: pd.DataFrame, metric: str, reference: Reference | None, mixed: bool) -> str:
+    frame = pd.DataFrame(index=table.index)
+    if table["setting"].nunique() > 1:
+        frame["setting"] = table["setting"]
+    frame["modality"] = table["modality"]
+    frame["dataset"] = table["dataset"]
+    if mixed:
+        frame["data"] = table["data"].map(lambda d: "SYNTHETIC" if d == "synthetic" else d)
+    frame["training domain"] = table["train_domain"]
+    frame = frame.assign(**_measured(table, metric))
+    if reference is not None:
+        frame[f"paper Δ ({reference.metric})"] = table["paper_delta"].map(_signed)
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _markdown_modality(means: pd.DataFrame, reference: Reference | None) -> str:
+    frame = pd.DataFrame(index=means.index)
+    if means["setting"].nunique() > 1:
+        frame["setting"] = means["setting"]
+    frame["modality"] = means["modality"]
+    frame["rows"] = means["rows"]
+    frame["mean Δ"] = means["mean_delta"].map(_signed)
+    frame["sd over rows"] = means["sd_rows"].map(lambda v: "n/a" if math.isnan(v) else f"{v:.3f}")
+    frame["sd over seeds"] = [
+        "n/a" if math.isnan(v) else f"{v:.3f} ({n} seeds)" for v, n in zip(means["sd_seeds"], means["n_seeds"])
+    ]
+    if reference is not None:
+        frame[f"paper mean Δ ({reference.metric})"] = means["paper_mean_delta"].map(_signed)
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _paper_notes(reference: Reference, metric: str, where: Provenance) -> list[str]:
+    """What the paper columns are, said plainly under the primary metric's Table 2."""
+    lines = [
+        f"**The paper's columns are the paper's, not this run's.** paper Δ is copied from {reference.table_source}, "
+        f"by {reference.citation}, measured on {reference.data}; nothing in it is recomputed here. Every other "
+        f"column is what this run measured ({where.label}). They stand side by side; no test compares them.",
+        "",
+        f"- A paper Δ is shown on rows without mitigations whose dataset and training domain the paper's table has "
+        f"(cohorts map: {', '.join(f'{c} → {d}' for c, d in reference.cohorts.items())}); — where it has none.",
+    ]
+    lines += [f"- Not in our copy of the paper's table (left out, not filled in): {m}." for m in reference.missing]
+    lines += [f"- paper mean Δ: {reference.modality_means_source}."]
+    lines += [f"- {note}" for note in reference.notes]
+    if reference.metric.lower() not in metric.lower():
+        lines.append(f"- The paper's metric is {reference.metric}; this run's is {metric}.")
+    return lines + [""]
+
+
+def _estimate_text(e: statistics.Estimate | None) -> str:
+    if e is None or e.n == 0:
+        return "n/a"
+    if math.isnan(e.low):
+        return f"{e.mean:+.3f} (n = {e.n}, no CI)"
+    return f"{e.mean:+.3f} ({e.low:+.3f} to {e.high:+.3f})"
+
+
+def _level_text(level: float) -> str:
+    return f"{level:g}"
+
+
+def _markdown_level_table(table: pd.DataFrame, info: MetricInfo, key: str) -> str:
+    m = info.name
+    frame = pd.DataFrame(index=table.index)
+    if table["series"].nunique() > 1:
+        frame["series"] = table["series"]
+    frame[short_key(key)] = table["level"].map(_level_text)
+    frame[f"change in other-domain {m} (95% CI)"] = table["other"].map(_estimate_text)
+    frame[f"change in same-domain {m} (95% CI)"] = table["same"].map(_estimate_text)
+    frame["narrowing of the gap (95% CI)"] = table["narrowing"].map(_estimate_text)
+    frame["Holm p"] = table["p_adjusted"].map(
+        lambda p: "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
     )
+    frame["verdict"] = [
+        f"{v}, but same-domain {m} got worse" if worse else v for v, worse in zip(table["verdict"], table["same_worse"])
+    ]
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _undefined_lines(undefined: UndefinedValues, where: Provenance) -> list[str]:
+    count = max(undefined.total, undefined.empty_in_results)
+    lines = [
+        "## Undefined values",
+        "",
+        f"{count} (cell, test domain, metric) value{'s were' if count != 1 else ' was'} undefined (empty in "
+        "results.csv). Every summary leaves them out: each mean and sd is over the values that exist, a seed's "
+        "other-domain value is the mean over the other test domains that have one, and a seed without a value "
+        "is not counted in the seeds column.",
+        "",
+    ]
+    if undefined.by_reason:
+        frame = pd.DataFrame(
+            [{"metric": m, "reason": r, "values": n} for (m, r), n in sorted(undefined.by_reason.items())]
+        )
+        lines += [
+            f"**Undefined values by metric and reason ({where.label}).**",
+            "",
+            frame.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
+    if undefined.empty_in_results > undefined.total:
+        lines += [
+            f"The manifest gives a reason for {undefined.total} of the {undefined.empty_in_results} empty values "
+            "(a run folder from before harmonia recorded reasons, or cells recorded without them).",
+            "",
+        ]
+    return lines
+
+
+# -- console and comparisons -----------------------------------------------------------------------------
 
 
 def console_lines(results: pd.DataFrame, manifest: dict) -> list[str]:
-    """What ``harmonia run`` prints at the end: the table and comparison of the primary metric."""
+    """What ``harmonia run`` prints at the end: the primary metric's Table 2, its mean Δ per modality when the
+    run has more than one modality (for each setting but the levels of a level sweep), and its comparison lines."""
     if results.empty:
         return ["(no finished cells yet)"]
     infos = metric_infos(results, manifest)
-    lines = [table_rows(results, infos[0].name).to_string(index=False), "", *gap_comparison(results, infos[0])]
+    primary = infos[0].name
+    lines = [table_rows(results, primary).to_string(index=False)]
+    if results["modality"].nunique() > 1:  # per setting, but not per level of a level sweep (report.md has those)
+        table = study_table(results, primary)
+        shown = set(table.loc[table["sweep_id"].isin(unlevelled_points(results)), "setting"])
+        means = modality_means(results, primary)
+        for setting, part in means[means["setting"].isin(shown)].groupby("setting", sort=False):
+            parts = [
+                f"{m} {_signed(d)} ({n} rows)" for m, d, n in zip(part["modality"], part["mean_delta"], part["rows"])
+            ]
+            lines.append(f"Mean Δ by modality ({setting}): {'; '.join(parts)}")
+    lines += ["", *gap_comparison(results, infos[0])]
     if len(infos) > 1:
         lines.append(f"(report.md covers every metric: {', '.join(i.name for i in infos)})")
     return lines
@@ -131,8 +306,8 @@ def gap_comparison(results: pd.DataFrame, info: MetricInfo) -> list[str]:
     """Sentences on whether the shift is real for the baselines and whether each setting narrowed the gap.
 
     The statistics are those of :mod:`harmonia.statistics`: each setting paired with the baseline of the
-    same swept values, per seed, with a 95% paired t interval and a Holm-adjusted verdict. Every line
-    says its interval and how it was computed.
+    same cohort and swept values, per seed, with a 95% paired t interval and a Holm-adjusted verdict. Every
+    line says its interval and how it was computed. With more than one cohort every label leads with its cohort.
     """
     rows = results[results["metric"] == info.name]
     cells = statistics.cell_values(rows, info.name)
@@ -212,12 +387,13 @@ def _gap_definition(info: MetricInfo) -> str:
 
 
 def matrix(results: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
-    """Per sweep point, the mean of ``metric`` by training (rows) and test (columns) domain."""
+    """Per sweep point (so per cohort), the mean of ``metric`` by training (rows) and test (columns) domain."""
     rows = results[results["metric"] == metric]
     labels = point_labels(results)
-    order = list(domain_rank(results))
+    rank = domain_order(results)
     tables = {}
     for sweep_id, part in rows.groupby("sweep_id"):
+        order = [d for c, d in rank if c == part["cohort"].iloc[0]]
         table = part.pivot_table(index="train_domain", columns="test_domain", values="value", aggfunc="mean")
         tables[labels[int(sweep_id)]] = table.reindex(
             index=[d for d in order if d in table.index], columns=[d for d in order if d in table.columns]
@@ -225,17 +401,102 @@ def matrix(results: pd.DataFrame, metric: str) -> dict[str, pd.DataFrame]:
     return tables
 
 
+# -- figures ---------------------------------------------------------------------------------------------
+
+
+def study_figures(
+    results: pd.DataFrame, manifest: dict, reference: Reference | None = None
+) -> dict[str, tuple[Figure, str]]:
+    """The figures of the primary metric, by file name, each with the description its PNG metadata keeps.
+
+    ``table2_bars.png`` (Figure 2) and ``delta_by_modality.png`` (Figure 3) show every setting but the levels of
+    a level sweep (all of them when nothing else is left); ``level_<key>.png`` (Figures 4/5), one per swept
+    numeric mitigation key, shows the levels. Every figure is stamped with the data's provenance. The caller
+    saves (:func:`harmonia.figures.save`) or closes them.
+    """
+    where = provenance(results, manifest)
+    metric = primary_metric(results, manifest)
+    table = study_table(results, metric)
+    shown = table["sweep_id"].isin(unlevelled_points(results))
+    table = table[shown] if shown.any() else table  # a sweep with levels only (no baseline): show them all
+    if where.synthetic and where.real:  # say on each bar pair and panel which cohort is which
+        table = table.assign(dataset=[f"{c} ({_kind(where, c)})" for c in table["dataset"]])
+    sources = f"harmonia run of {manifest.get('recipe', '?')}; {where.label}"
+    made = {
+        "table2_bars.png": (
+            figures.table2_bars(table, metric, where.label),
+            f"Figure 2 of Guo et al. redrawn; {sources}",
+        ),
+    }
+    paper = reference.modality_means if reference is not None else None
+    plain = set(table.loc[table["mitigations"] == statistics.NO_MITIGATION, "setting"])  # what the paper describes
+    paper_label = f"paper mean Δ ({reference.metric}, real data, Guo et al.)" if reference is not None else ""
+    made["delta_by_modality.png"] = (
+        figures.delta_by_modality(table, metric, where.label, paper, paper_label, plain),
+        f"Figure 3 of Guo et al. redrawn; {sources}"
+        + (f"; red lines: {reference.modality_means_source}" if reference is not None else ""),
+    )
+    keys = level_keys(results)
+    for key in keys:
+        curves = level_curves(results, metric, key)
+        if curves.empty:
+            continue
+        if where.synthetic and where.real:
+            kinds = [f"{c} ({_kind(where, c)}):" for c in curves["cohort"]]
+            curves = curves.assign(
+                series=[s.replace(f"{c}:", k, 1) for s, c, k in zip(curves["series"], curves["cohort"], kinds)]
+            )
+        made[f"level_{short_key(key, keys)}.png"] = (
+            figures.level_figure(curves, key, metric, where.label),
+            f"Figures 4/5 of Guo et al. redrawn for {key}; {sources}",
+        )
+    return made
+
+
+def _kind(where: Provenance, cohort: str) -> str:
+    kind = where.cohorts.get(cohort, "?")
+    return "SYNTHETIC" if kind == "synthetic" else kind
+
+
+FIGURE_CAPTIONS = {
+    "table2_bars.png": "Figure 2: same- vs other-domain {metric} (± sd over seeds) per dataset and training domain, "
+    "grouped by modality",
+    "delta_by_modality.png": "Figure 3: Δ {metric} by modality over (dataset, training domain) rows; dots are rows, "
+    "black dashed lines this run's means",
+}
+
+
+def _figure_caption(name: str, metric: str, where: Provenance, reference: Reference | None) -> str:
+    if name.startswith("level_"):
+        text = (
+            f"Figure 4/5: {metric} against the level of a swept mitigation parameter, per cohort and training "
+            "domain, one line per test domain (± sd over seeds); level 0 is the baseline without the mitigation"
+        )
+    else:
+        text = FIGURE_CAPTIONS[name].format(metric=metric)
+    if name == "delta_by_modality.png" and reference is not None:
+        text += f"; red lines: the paper's mean Δ, {reference.metric} on real data"
+    return f"**{text} ({where.label}).**"
+
+
+# -- report.md -------------------------------------------------------------------------------------------
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``figures/`` for ``run_dir`` and return the report's path."""
     run_dir = Path(run_dir)
     results, manifest = read_run(run_dir)
-    provenance = manifest.get("data_provenance", {})
-    synthetic = any(p.get("data") == "synthetic" for p in provenance.values())
-    title = f"# {manifest.get('recipe', run_dir.name)}: cross-scanner report"
-    if synthetic:
-        title += " (SYNTHETIC data)"
-    lines = [title, ""]
-    if synthetic:
+    reference, unknown = read_reference(run_dir)
+    where = provenance(results, manifest)
+    lines = [f"# {manifest.get('recipe', run_dir.name)}: cross-scanner report ({where.label})", ""]
+    if where.synthetic and where.real:
+        synthetic = ", ".join(c for c, d in where.cohorts.items() if d == "synthetic")
+        lines += [
+            f"> Some cohorts here are harmonia's synthetic twins ({synthetic}), not real cohorts: their numbers show",
+            "> the protocol and the methods working, not clinical performance. The tables' data column says which.",
+            "",
+        ]
+    elif where.synthetic:
         lines += [
             "> These numbers come from harmonia's synthetic twin, not from a real cohort: they show the",
             "> protocol and the methods working, not clinical performance.",
@@ -244,67 +505,96 @@ def write_report(run_dir: Path) -> Path:
     lines += [
         f"- status: {manifest.get('status', '?')} (started {manifest.get('started')}, finished {manifest.get('finished')})"
     ]
-    for cohort, p in provenance.items():
+    for cohort, p in manifest.get("data_provenance", {}).items():
         lines.append(f"- data: {cohort}: {p.get('data')} ({p.get('origin')})")
-    lines += [
-        f"- harmonia {manifest.get('harmonia_version')}, torch {manifest.get('torch_version')}, device {manifest.get('device')}",
-        "",
-    ]
+    lines.append(
+        f"- harmonia {manifest.get('harmonia_version')}, torch {manifest.get('torch_version')}, device {manifest.get('device')}"
+    )
+    undefined = undefined_values(results, manifest)
+    count = max(undefined.total, undefined.empty_in_results)
+    lines.append(f"- undefined values: {count} (see below)" if count else "- undefined values: none")
+    if reference is not None:
+        lines.append(f"- reference: {reference.key}: {reference.table_source}, shown beside this run's numbers")
+    elif unknown:
+        lines.append(f"- reference: recipe.yaml names '{unknown}', which this harmonia does not know; not shown")
+    lines.append("")
     if results.empty:
         lines.append("No (seed, training domain) cell has finished yet.")
     else:
-        lines += _metric_sections(results, manifest, run_dir)
+        if count:
+            lines += _undefined_lines(undefined, where)
+        lines += _metric_sections(results, manifest, run_dir, reference, where)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-def _metric_sections(results: pd.DataFrame, manifest: dict, run_dir: Path) -> list[str]:
-    """The Table-2 section of every metric, the comparisons per metric, and the primary metric's matrix and figure."""
+def _metric_sections(
+    results: pd.DataFrame, manifest: dict, run_dir: Path, reference: Reference | None, where: Provenance
+) -> list[str]:
+    """Table 2 and the mean Δ per modality of every metric, the comparisons per metric (with a per-level table for
+    each level sweep), the primary metric's matrices, and the figures."""
     infos = metric_infos(results, manifest)
     primary = infos[0].name
+    mixed = where.synthetic and where.real
     lines = []
     for info in infos:
+        ref = reference if info.name == primary else None
         lines += [
             f"## Same- vs other-domain {info.name}{' (primary)' if info.name == primary else ''} (mean ± sd over seeds)",
             "",
-            table_rows(results, info.name).to_markdown(index=False),
+            f"**Table 2 ({info.name}, {where.label}): same- vs other-domain {info.name} per dataset and training "
+            "domain, mean ± sd over seeds.**",
             "",
-            "Δ = other-domain − same-domain (± its sd over seeds); the other-domain value of a seed is its mean over "
-            "all other test domains.",
+            _markdown_table2(study_table(results, info.name, ref), info.name, ref, mixed),
+            "",
+            TABLE_NOTE,
+            "",
+            f"### Mean Δ {info.name} by modality",
+            "",
+            f"**Mean Δ {info.name} by modality ({where.label}), over the (dataset, training domain) rows of Table 2.**",
+            "",
+            _markdown_modality(modality_means(results, info.name, ref), ref),
+            "",
+            MODALITY_NOTE,
             "",
         ]
+        if ref is not None:
+            lines += _paper_notes(ref, info.name, where)
     lines += ["## Did the mitigation narrow the gap?", "", *METHOD_NOTE, ""]
+    keys = level_keys(results)
     for info in infos:
         lines += [f"### {info.name} ({_gap_definition(info)})", ""]
         lines += [f"- {s}" for s in gap_comparison(results, info)] + [""]
+        for key in keys:
+            table = level_table(results, info.name, info.higher_is_better, key)
+            if table.empty:
+                continue
+            lines += [
+                f"**Per level of `{key}` ({info.name}, {where.label}): each level against its baseline (level 0), "
+                "from the comparisons above.**",
+                "",
+                _markdown_level_table(table, info, key),
+                "",
+            ]
     lines += [f"## Mean {primary} by training (rows) and test (columns) domain", ""]
     for label, table in matrix(results, primary).items():
-        lines += [f"### {label}", "", table.round(3).to_markdown(), ""]
-    figure = _figure(results, run_dir / "figures", primary)
-    return lines + [f"![same vs other domain]({figure.relative_to(run_dir).as_posix()})", ""]
-
-
-def _figure(results: pd.DataFrame, folder: Path, metric: str) -> Path:
-    """Grouped bars: same- and other-domain ``metric`` per training domain, one panel per sweep point."""
-    folder.mkdir(exist_ok=True)
-    summary = summarize(results)
-    summary = summary[summary["metric"] == metric]
-    labels = point_labels(results)
-    points = sorted(summary["sweep_id"].unique())
-    fig, axes = plt.subplots(1, len(points), figsize=(4 * len(points), 3.2), sharey=True, squeeze=False)
-    for ax, sweep_id in zip(axes[0], points):
-        part = summary[summary["sweep_id"] == sweep_id]
-        x = range(len(part))
-        ax.bar([i - 0.2 for i in x], part["same_mean"], 0.4, yerr=part["same_sd"].fillna(0), label="same domain")
-        ax.bar([i + 0.2 for i in x], part["other_mean"], 0.4, yerr=part["other_sd"].fillna(0), label="other domains")
-        ax.set_xticks(list(x), part["train_domain"])
-        ax.set_title(labels[int(sweep_id)], fontsize=9)
-        ax.set_xlabel("training domain")
-    axes[0][0].set_ylabel(metric)
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path = folder / "same_vs_other.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        lines += [
+            f"### {label}",
+            "",
+            f"**Mean {primary}, {label} ({where.label}).**",
+            "",
+            table.round(3).to_markdown(),
+            "",
+        ]
+    lines += ["## Figures", ""]
+    folder = run_dir / "figures"
+    for name, (fig, description) in study_figures(results, manifest, reference).items():
+        path = figures.save(fig, folder / name, description)
+        lines += [
+            _figure_caption(name, primary, where, reference),
+            "",
+            f"![{name.removesuffix('.png')}]({path.relative_to(run_dir).as_posix()})",
+            "",
+        ]
+    return lines

@@ -286,8 +286,15 @@ class RunFolder:
         self.history = _keep_cells(history, finished) if not history.empty else self.history
         return finished
 
-    def add_cell(self, key: CellKey, rows: list[dict[str, Any]], history: list[dict[str, Any]]) -> None:
-        """Append one finished cell's result rows and epoch history; rewrite the files, then record the cell."""
+    def add_cell(
+        self,
+        key: CellKey,
+        rows: list[dict[str, Any]],
+        history: list[dict[str, Any]],
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one finished cell's result rows and epoch history; rewrite the files, then record the cell
+        in the manifest with ``record`` (what its mitigations did, metrics left undefined)."""
         new = pd.DataFrame([{c: format_value(r.get(c)) for c in self.columns} for r in rows], columns=self.columns)
         frame = new if self.results.empty else pd.concat([self.results, new], ignore_index=True)
         rank = domain_rank(frame)
@@ -304,7 +311,8 @@ class RunFolder:
         cells = self.read_manifest().get("cells", [])
         cells = [c for c in cells if (c["sweep_id"], c["seed"], c["train_domain"]) != key]
         self.update_manifest(
-            cells=cells + [{"sweep_id": key[0], "seed": key[1], "train_domain": key[2], "rows": len(rows)}]
+            cells=cells
+            + [{"sweep_id": key[0], "seed": key[1], "train_domain": key[2], "rows": len(rows), **(record or {})}]
         )
 
 

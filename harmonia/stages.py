@@ -129,7 +129,7 @@ class MitigationStack:
         """Every mitigation's :meth:`~harmonia.api.Mitigation.epoch_metrics`, keyed ``<name>.<key>``
         (``<name>#<k>.<key>`` for the k-th of several mitigations of one name)."""
         metrics = {}
-        for label, m in zip(_labels(self.mitigations), self.mitigations):
+        for label, m in zip(mitigation_labels(self.mitigations), self.mitigations):
             metrics.update({f"{label}.{key}": float(value) for key, value in m.epoch_metrics().items()})
         return metrics
 
@@ -141,7 +141,7 @@ def _target_set_for(mitigation: Mitigation, target_train: ImageSet | None) -> Im
     return target_train.without_targets()
 
 
-def _labels(mitigations: Sequence[Mitigation]) -> list[str]:
+def mitigation_labels(mitigations: Sequence[Mitigation]) -> list[str]:
     """Each mitigation's name, numbered ``name#1``, ``name#2`` ... where the name occurs more than once."""
     names = [m.name for m in mitigations]
     return [f"{n}#{names[: i + 1].count(n)}" if names.count(n) > 1 else n for i, n in enumerate(names)]

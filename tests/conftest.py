@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import torch
 import toy_plugins
 
 from harmonia import registry as registry_module
@@ -38,3 +39,13 @@ def registry(monkeypatch) -> Registry:
 @pytest.fixture
 def toy_recipe() -> dict:
     return copy.deepcopy(TOY_RECIPE)
+
+
+@pytest.fixture
+def one_thread():
+    """For tests of tiny tensors: one thread beats several, which mostly wait on each other (badly so on a busy
+    machine). A test module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -51,6 +51,7 @@ def test_save_then_load_predicts_identically_and_the_sidecar_says_what_it_is(reg
         "class_names": ["background", "square"],
         "spatial_dims": 2,
         "in_channels": 1,
+        "item_shape": [],
     }
     assert sidecar["cell"] == {"sweep_id": 3, "seed": 1, "train_domain": "Siemens"}
     assert sidecar["selection"] == {"rule": "best_val", "metric": "pixel_accuracy", "epoch": 2}
@@ -169,14 +170,18 @@ def test_a_cell_keeps_its_selected_model_when_asked(registry, toy_recipe, tmp_pa
     data = load_cohort(point.recipe.cohort, registry)
     splits = split_patients(data.index, split_seed(point, 0), data.domains)
     cpu = torch.device("cpu")
-    rows, record = run_cell(Cell(point, 0, "A"), data, splits, registry, cpu, models_dir=tmp_path / "models")
+    outcome = run_cell(Cell(point, 0, "A"), data, splits, registry, cpu, models_dir=tmp_path / "models")
 
     path = checkpoint_path(tmp_path / "models", 0, 0, "A")
     sidecar = json.loads(path.with_suffix(".json").read_text())
-    assert sidecar["selection"] == {"rule": "best_val", "metric": "pixel_accuracy", "epoch": record.selected_epoch}
+    assert sidecar["selection"] == {
+        "rule": "best_val",
+        "metric": "pixel_accuracy",
+        "epoch": outcome.training.selected_epoch,
+    }
     model = load_model(path, registry).to(memory_format=torch.channels_last)  # as the engine held it
     trainer = Trainer(model, [], PixelAccuracy(NoParams(), TASK), point.recipe.train, torch.device("cpu"))
-    for row in rows:  # the kept weights score on each test split exactly what the cell reported
+    for row in outcome.rows:  # the kept weights score on each test split exactly what the cell reported
         test = data.items.of_patients(splits[row["test_domain"]].test, row["test_domain"])
         assert PixelAccuracy(NoParams(), TASK).evaluate(trainer.predictions(test))[0].value == row["value"]
 

@@ -35,13 +35,7 @@ from harmonia_plugins.models.unet2d import UNet2D, UNet2DParams
 SEG = Task("segmentation", ("background", "fg"))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread beats several, which mostly wait on each other (badly so on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyNet(Model):

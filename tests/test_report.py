@@ -75,6 +75,7 @@ def test_the_report_covers_every_metric_and_leads_with_the_recorded_primary(tmp_
         "## Same- vs other-domain hd95 (mean ± sd over seeds)",
         "## Did the mitigation narrow the gap?",
         "## Mean dice by training (rows) and test (columns) domain",
+        "## Figures",
     ]
     assert "### hd95 (lower is better; the gap is the cross-domain loss, other − same hd95)" in report
     assert "- dann vs none: narrowed the gap in hd95 by 2.000" in report

@@ -6,6 +6,7 @@ The toy cohort's domain B has inverted, rescaled intensities, so a model trained
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -200,6 +201,41 @@ class SpyEvaluator(PixelAccuracy):
         return super().evaluate(predictions)
 
 
+class CalibratingSpy(PixelAccuracy):
+    """Pixel accuracy that records the patients it calibrates on, plus a metric that is always undefined."""
+
+    name = "calibrating_spy"
+    calibrated_on: ClassVar[list[set[str]]] = []
+
+    def calibrate(self, validation: Predictions) -> None:
+        CalibratingSpy.calibrated_on.append(set(validation.patients))
+
+    def evaluate(self, predictions: Predictions) -> list[Metric]:
+        undefined = Metric("never_defined", math.nan, 0, note="no positive pixels to score")
+        return [*super().evaluate(predictions), undefined]
+
+
+class ScaledParams(Params):
+    factor: float = Field(1.0, ge=0.0, description="how much to scale the training batches by, minus one")
+
+
+class ScaleBatches(Mitigation):
+    """Multiplies training batches by 1 + factor (a no-op at factor 0) and reports the factor per cell."""
+
+    name = "scale_batches"
+    Params = ScaledParams
+
+    @classmethod
+    def is_inactive(cls, params: ScaledParams) -> bool:
+        return params.factor == 0
+
+    def augment_batch(self, images, targets):
+        return images * (1 + self.params.factor), targets
+
+    def cell_record(self) -> dict[str, float]:
+        return {"factor": self.params.factor}
+
+
 class SpyMitigation(Mitigation):
     """Records the target-domain data it receives and adds a zero loss that uses the target batch."""
 
@@ -245,9 +281,9 @@ def harmonia_models():
 
 @hookimpl
 def harmonia_evaluators():
-    return [PixelAccuracy, SpyEvaluator, ItemAccuracy]
+    return [PixelAccuracy, SpyEvaluator, ItemAccuracy, CalibratingSpy]
 
 
 @hookimpl
 def harmonia_mitigations():
-    return [SpyMitigation, FailingMitigation]
+    return [SpyMitigation, FailingMitigation, ScaleBatches]

@@ -50,6 +50,7 @@ class UNet2D(Model):
     name = "unet2d"
     Params = UNet2DParams
     tasks = ("segmentation",)
+    image_dims = (2,)
 
     def __init__(self, params: UNet2DParams, task: Task):
         super().__init__(params, task)
