@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -35,6 +36,23 @@ def minimal_epoch(model, images, targets, batch, optimizer, loss_fn, device, cha
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+def median_times(runs: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall seconds of each run, after one warm-up call of each, the runs alternating ``repeats`` times."""
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -72,19 +90,9 @@ def main() -> None:
     def run_harmonia():
         trainer.fit(train, train, None)
 
-    times = {"harmonia": [], "minimal": []}
-    run_minimal(), run_harmonia()  # warm-up
-    for _ in range(args.repeats):
-        for name, fn in (("minimal", run_minimal), ("harmonia", run_harmonia)):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - start)
+    times = median_times({"minimal": run_minimal, "harmonia": run_harmonia}, args.repeats, device)
     steps = -(-len(train) // args.batch)
-    h, m = statistics.median(times["harmonia"]), statistics.median(times["minimal"])
+    h, m = times["harmonia"], times["minimal"]
     print(
         f"M&Ms twin ({data.source.kind}), {vendor}: {len(train)} slices {args.image_size}x{args.image_size}, "
         f"batch {args.batch}, {steps} steps/epoch, device {device}, channels_last={channels_last}, "

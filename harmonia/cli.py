@@ -156,6 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harmonia import runner
     from harmonia.progress import Progress, TerminalProgress
     from harmonia.report import console_lines
+    from harmonia.tables import provenance
 
     if bool(args.recipe) == bool(args.resume):
         raise InputError("run: give either a RECIPE or --resume RUN_DIR")
@@ -168,9 +169,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         result = runner.run(args.recipe, args.overrides, args.out, progress=progress)
     results = result.results
-    synthetic = (results["data"] == "synthetic").any() if not results.empty else False
     print()
-    print(f"Results{' (SYNTHETIC data)' if synthetic else ''}:")
+    print(f"Results ({provenance(results, result.manifest).label}):")
     for line in console_lines(results, result.manifest):
         print(line)
     print(f"\nrun folder: {result.path}  (report: {result.path / 'report.md'})")

@@ -407,11 +407,16 @@ def _run_cells(
     cells = plan_cells(experiment, lambda point: point.recipe.cohort.train_domains or data_of(point).domains)
     done = folder.load_finished()
     todo = [c for c in cells if c.key not in done]
+    several_cohorts = len({p.recipe.cohort.name for p in experiment.points}) > 1
     log.info("%d cells (%d already done)", len(cells), len(cells) - len(todo))
     for number, cell in enumerate(todo, start=1):
         data = data_of(cell.point)
         splits = split_patients(data.index, split_seed(cell.point, cell.seed), data.domains)
-        label = f"[{number}/{len(todo)}] sweep {cell.point.id} ({cell.point.recipe.mitigation_label()}) seed {cell.seed} train {cell.train_domain}"
+        cohort = f" {cell.point.recipe.cohort.name}" if several_cohorts else ""
+        label = (
+            f"[{number}/{len(todo)}] sweep {cell.point.id}{cohort} ({cell.point.recipe.mitigation_label()}) "
+            f"seed {cell.seed} train {cell.train_domain}"
+        )
         progress.cell_started(label, cell.point.recipe.train.epochs)
         try:
             outcome = run_cell(
