@@ -3,6 +3,9 @@ validation split, and what the manifest keeps of each cell."""
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 import toy_plugins
 import yaml
@@ -128,3 +131,16 @@ def test_a_model_of_the_wrong_dimensionality_is_named_before_anything_runs(regis
     problem = incompatibility(volume_task, "toy3d", PluginSpec(plugin="unet2d"), [], registry)
     assert problem == "model.plugin: 'unet2d' takes 2-D images; cohort toy3d gives 3-D items"
     assert incompatibility(volume_task, "toy3d", PluginSpec(plugin="toynet"), [], registry) is None
+
+
+def test_resume_finishes_a_multi_cohort_run_with_the_same_results(registry, toy_recipe, tmp_path):
+    recipe = two_cohorts(toy_recipe)
+    recipe["train"].update(seeds=2, epochs=1)
+    full = runner.run(recipe, out=tmp_path / "full", registry=registry).results
+    cut = runner.run(recipe, out=tmp_path / "cut", registry=registry)
+    manifest = json.loads((cut.path / "manifest.json").read_text())
+    manifest["cells"] = manifest["cells"][:3]  # as if stopped after three of the eight cells
+    (cut.path / "manifest.json").write_text(json.dumps(manifest))
+    finished = runner.resume(tmp_path / "cut", registry=registry)
+    assert finished.manifest["status"] == "completed" and len(finished.manifest["cells"]) == 8
+    pd.testing.assert_frame_equal(finished.results.reset_index(drop=True), full.reset_index(drop=True))
