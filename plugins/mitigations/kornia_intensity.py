@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-import kornia
 import torch
 from pydantic import Field, model_validator
 
@@ -190,6 +189,8 @@ class KorniaIntensity(Mitigation):
         return (x - low) * field + low
 
     def _gamma(self, x: torch.Tensor) -> torch.Tensor:
+        import kornia  # on use: imported at start-up it would slow every harmonia command
+
         gamma = self._uniform(self.params.gamma_range, x).flatten()
         low, high = _per_image(x.flatten(1).amin(1), x), _per_image(x.flatten(1).amax(1), x)
         span = (high - low).clamp_min(torch.finfo(x.dtype).tiny)
@@ -197,11 +198,15 @@ class KorniaIntensity(Mitigation):
         return kornia.enhance.adjust_gamma(unit, gamma) * span + low
 
     def _contrast(self, x: torch.Tensor) -> torch.Tensor:
+        import kornia  # on use: imported at start-up it would slow every harmonia command
+
         factor = self._uniform(self.params.contrast_range, x).flatten()
         mean = _per_image(x.flatten(1).mean(1), x)
         return kornia.enhance.adjust_contrast(x - mean, factor, clip_output=False) + mean
 
     def _brightness(self, x: torch.Tensor) -> torch.Tensor:
+        import kornia  # on use: imported at start-up it would slow every harmonia command
+
         shift = self._uniform(self.params.brightness_range, x).flatten()
         return kornia.enhance.adjust_brightness(x, shift, clip_output=False)
 
@@ -239,6 +244,8 @@ def _in_plane(x: torch.Tensor, sigma: torch.Tensor, op) -> torch.Tensor:
 
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, largest_sigma: float) -> torch.Tensor:
     """kornia's Gaussian blur with one sd per image; the kernel covers ±3 sd of the largest, within the image."""
+    import kornia  # on use: imported at start-up it would slow every harmonia command
+
     h, w = x.shape[-2:]
     radius = min(math.ceil(3 * largest_sigma), h - 1, w - 1)  # reflect padding needs a radius below the size
     if radius < 1:

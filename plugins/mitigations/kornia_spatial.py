@@ -32,7 +32,6 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-import kornia
 import torch
 from pydantic import Field, model_validator
 
@@ -143,6 +142,8 @@ class KorniaSpatial(Mitigation):
 
     def _affine_warp(self, x: torch.Tensor):
         """A function warping a batch shaped like ``x`` with one freshly drawn affine matrix per image."""
+        import kornia  # on use: imported at start-up it would slow every harmonia command
+
         p = self.params
         b, spatial = len(x), x.shape[2:]
         low, high = p.scale_range
@@ -194,6 +195,8 @@ class KorniaSpatial(Mitigation):
 
     def _elastic_warp(self, x: torch.Tensor):
         """A function deforming a batch shaped like ``x`` with one freshly drawn in-plane displacement per image."""
+        import kornia  # on use: imported at start-up it would slow every harmonia command
+
         p = self.params
         h, w = x.shape[-2:]
         noise = 2 * torch.rand(len(x), 2, h, w, device=x.device, dtype=x.dtype) - 1
