@@ -97,6 +97,15 @@ class Landmarks:
     fallback: np.ndarray
     foreground_fraction: np.ndarray
 
+    def fit_figures(self) -> dict[str, int | float]:
+        """What a fit on these items reports per cell: how many items, how many had no foreground, and the mean
+        foreground fraction."""
+        return {
+            "fit_items": len(self.values),
+            "fit_items_without_foreground": int(self.fallback.sum()),
+            "foreground_fraction": float(self.foreground_fraction.mean()),
+        }
+
 
 def flatten_items(images: torch.Tensor | np.ndarray) -> np.ndarray:
     """``images`` ``[N, ...]`` as a numpy ``[N, P]`` array on the CPU (one row per item, no copy where possible)."""

@@ -104,11 +104,7 @@ class HistogramMatching(Mitigation):
             self._fallback_slope = float(reference_span / np.mean(span[span > 0]))
         recorded = np.interp(RECORDED_PERCENTILES, self.percentiles, self.reference)
         self._record = {f"reference_p{q:g}": float(v) for q, v in zip(RECORDED_PERCENTILES, recorded)}
-        self._record.update(
-            fit_items=len(images),
-            fit_items_without_foreground=int(landmarks.fallback.sum()),
-            foreground_fraction=float(landmarks.foreground_fraction.mean()),
-        )
+        self._record.update(landmarks.fit_figures())
 
     def transform_images(self, images: torch.Tensor) -> torch.Tensor:
         """Each item mapped from its own foreground quantiles onto the reference's."""

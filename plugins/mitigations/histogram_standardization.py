@@ -125,11 +125,7 @@ class HistogramStandardization(Mitigation):
         self.standard = mapped.mean(0)
         self._fallback_slope = float((p.s_max - p.s_min) / np.mean(span[usable]))
         self._record = {f"standard_p{q:g}": float(v) for q, v in zip(p.percentiles, self.standard)}
-        self._record.update(
-            fit_items=len(images),
-            fit_items_without_foreground=int(landmarks.fallback.sum()),
-            foreground_fraction=float(landmarks.foreground_fraction.mean()),
-        )
+        self._record.update(landmarks.fit_figures())
 
     def transform_images(self, images: torch.Tensor) -> torch.Tensor:
         """Each item mapped piecewise-linearly from its own foreground landmarks onto the standard ones."""
