@@ -10,7 +10,7 @@ import re
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal, TypeVar, get_args
@@ -29,6 +29,8 @@ T = TypeVar("T")
 TaskKind = Literal["segmentation", "classification"]
 PluginKind = Literal["cohort", "model", "mitigation", "evaluator"]
 PLUGIN_KINDS: tuple[PluginKind, ...] = ("cohort", "model", "mitigation", "evaluator")
+#: the ``test_domain`` of a metric about every domain at once (a vendor probe's domain AUROC)
+ALL_DOMAINS = "all"
 
 
 class Params(StrictModel):
@@ -524,7 +526,7 @@ class Mitigation(Plugin):
     2. :meth:`task_loss` - replace the model's training loss (asked once, before any training work);
     3. :meth:`fit` - learn something before training (a standardizer);
     4. :meth:`transform_images` - change every image the model sees: the training set once after
-       ``fit``, and validation and test images before prediction;
+       ``fit`` (unless ``transforms_training_images`` is False), and validation and test images before prediction;
     5. :meth:`build` - make trainable modules trained alongside the model (DANN's classifier);
     6. :meth:`augment_batch` - change each training batch, in ``batch_space`` units;
     7. :meth:`extra_loss` - add a term to the training loss at each step.
@@ -550,6 +552,10 @@ class Mitigation(Plugin):
     #: units of the images :meth:`augment_batch` receives: native (e.g. HU) or z-scored (on the class, or set
     #: on an instance from its parameters)
     batch_space: Literal["native", "normalized"] = "normalized"
+    #: whether :meth:`transform_images` also changes the training images (and target-domain training batches);
+    #: False for a transform meant only for the images a trained model is tested on (a standardizer that maps
+    #: other domains toward the training domain), set on an instance from its parameters
+    transforms_training_images: bool = True
 
     def __init__(self, params: Params, task: Task):
         self.params = params
@@ -602,6 +608,11 @@ class Mitigation(Plugin):
         asked once after training; the manifest keeps them with the cell as ``<name>.<key>``. Not a stage."""
         return {}
 
+    def save_artifacts(self, directory: Path, stem: str) -> None:
+        """Write what this mitigation learned in the cell (a trained standardizer) into ``directory``, file names
+        starting with ``stem`` (which names the cell); called once after training. Not a stage; by default nothing."""
+        return None
+
     @classmethod
     def stages(cls) -> list[str]:
         """Names of the stages this mitigation implements (those it overrides)."""
@@ -645,19 +656,54 @@ class Metric:
 
     A value that is undefined on this test set (an AUC with one class present) is NaN, and ``note``
     says why; the run records the note in its manifest and the report counts such values.
+    ``per_patient`` (pseudonym -> value) is kept in the run's ``patients.csv`` for paired analyses
+    (a paired t-test, a Bland-Altman plot). ``test_domain`` is set only by a cell-scope evaluator
+    (:attr:`Evaluator.scope`): the domain the value is about, or :data:`ALL_DOMAINS`. ``higher_is_better``
+    overrides the evaluator's direction for this metric (a concordance among distances).
     """
 
     name: str
     value: float
     n: int
     note: str = ""
+    per_patient: Mapping[str, float] = field(default_factory=dict, hash=False, compare=False)
+    test_domain: str | None = None
+    higher_is_better: bool | None = None
 
 
-class Evaluator(Plugin, ABC):
-    """Turns predictions on a test set into named metrics; the first one is the evaluator's primary metric."""
+@dataclass
+class CellView:
+    """What a cell-scope evaluator sees of one trained cell: every domain's splits and the trained model.
+
+    ``split(domain, part)`` gives the labelled items of a domain's ``train``, ``val`` or ``test`` split in
+    native units, untransformed; ``transform`` applies the cell's mitigations' :meth:`Mitigation.transform_images`
+    as the trained model sees its test images; ``features`` gives the trained model's ``features`` for native
+    images (transformed and z-scored as for prediction), averaged over any spatial axes: ``[N, F]`` on the CPU.
+    ``seed`` is the cell's own seed, for anything the evaluator draws at random.
+    """
+
+    task: Task
+    domains: tuple[str, ...]
+    train_domain: str
+    seed: int
+    device: torch.device
+    split: Callable[[str, Literal["train", "val", "test"]], ImageSet]
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    features: Callable[[torch.Tensor], torch.Tensor]
+
+
+class Evaluator(Plugin):
+    """Turns predictions on a test set into named metrics; the first one is the evaluator's primary metric.
+
+    A ``scope = "cell"`` evaluator instead scores the trained cell as a whole, once, through
+    :meth:`evaluate_cell` (a vendor probe trained on every domain's images); it cannot select epochs,
+    so it is never a recipe's first evaluator.
+    """
 
     kind: ClassVar[PluginKind] = "evaluator"
     tasks: ClassVar[tuple[TaskKind, ...]] = ("segmentation", "classification")
+    #: ``test_set``: :meth:`evaluate` scores each test domain's predictions; ``cell``: :meth:`evaluate_cell`
+    scope: ClassVar[Literal["test_set", "cell"]] = "test_set"
     #: whether a larger primary metric is better (used for epoch selection on validation)
     higher_is_better: ClassVar[bool] = True
     #: whether the evaluator needs ``Predictions.probabilities``
@@ -672,9 +718,13 @@ class Evaluator(Plugin, ABC):
         cell after training and before any test set; never sees a test split. By default nothing."""
         return None
 
-    @abstractmethod
     def evaluate(self, predictions: Predictions) -> list[Metric]:
-        """Metrics of ``predictions``; the first is the primary one."""
+        """Metrics of ``predictions``; the first is the primary one (every test-set evaluator implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate test-set predictions")
+
+    def evaluate_cell(self, view: CellView) -> list[Metric]:
+        """Metrics of a whole trained cell, each naming its ``test_domain`` (a cell-scope evaluator implements it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not evaluate whole cells")
 
 
 PLUGIN_BASES: dict[PluginKind, type[Plugin]] = {

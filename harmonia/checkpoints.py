@@ -120,18 +120,7 @@ def load_model(path: str | Path, registry: Registry | None = None) -> Model:
         raise InputError(f"{sidecar_path}: cannot rebuild the model: {one_line(exc)}") from None
     if not weights.is_file():
         raise InputError(f"{weights}: no such file (the weights that {sidecar_path.name} describes)")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise InputError(
-            f"{weights}: cannot be loaded as weights only (it holds objects other than tensors, or is damaged); "
-            "harmonia never runs code from a checkpoint"
-        ) from None
-    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-        reason = f"damaged or not written by torch.save: {type(exc).__name__}"
-        raise InputError(f"{weights}: not a readable checkpoint ({reason})") from None
-    if not isinstance(state, dict):
-        raise InputError(f"{weights}: not a checkpoint (holds a {type(state).__name__}, not a state_dict)")
+    state = load_weights(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -154,3 +143,21 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     if missing:
         raise InputError(f"{path}: checkpoint sidecar lacks {', '.join(missing)}")
     return sidecar
+
+
+def load_weights(weights: Path) -> dict[str, torch.Tensor]:
+    """A state dict read with ``torch.load(..., weights_only=True)``; an InputError naming the file when it holds
+    anything but a dict of tensors or is not a torch checkpoint (harmonia never runs code from a checkpoint)."""
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            f"{weights}: cannot be loaded as weights only (it holds objects other than tensors, or is damaged); "
+            "harmonia never runs code from a checkpoint"
+        ) from None
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        reason = f"damaged or not written by torch.save: {type(exc).__name__}"
+        raise InputError(f"{weights}: not a readable checkpoint ({reason})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{weights}: not a checkpoint (holds a {type(state).__name__}, not a state_dict)")
+    return state

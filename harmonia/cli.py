@@ -1,4 +1,4 @@
-"""The ``harmonia`` command: run, list, validate, synth, report.
+"""The ``harmonia`` command: run, list, validate, synth, report, augment-preview.
 
 Exit status: 0 success, 2 bad input (one line on stderr naming the file and what is wrong, no
 traceback), 1 internal error, 130 interrupted (finished cells are kept; ``run --resume`` goes on).
@@ -75,6 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="(re)write report.md and figures/ of a run folder")
     report.add_argument("run_dir")
+
+    preview = sub.add_parser(
+        "augment-preview", help="draw one training item and random draws of each augmenting mitigation (a PNG)"
+    )
+    preview.add_argument("recipe", help="recipe YAML file (its first sweep point is shown)")
+    preview.add_argument("--out", required=True, help="PNG file to write")
+    preview.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    preview.add_argument("--seed", type=int, default=0, help="seed of the draws (the same seed, the same figure)")
+    preview.add_argument("--samples", type=int, default=4, help="draws per mitigation (default 4)")
+
+    standardize = sub.add_parser(
+        "standardize", help="apply a trained CT standardizer to DICOM series and write derived DICOM series"
+    )
+    standardize.add_argument("checkpoint", help="the standardizer's .pt file (its .json sidecar beside it)")
+    standardize.add_argument("input", help="a DICOM series folder, or a folder of series")
+    standardize.add_argument("--out", required=True, help="folder for the derived series (never inside the input)")
+    standardize.add_argument("--overwrite", action="store_true", help="replace derived series already in --out")
+    standardize.add_argument("--device", default="cpu", help="torch device to run the generator on (cpu, cuda)")
     return parser
 
 
@@ -291,7 +309,40 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "validate": cmd_validate, "synth": cmd_synth, "report": cmd_report}
+def cmd_augment_preview(args: argparse.Namespace) -> int:
+    from harmonia.augment_preview import write_preview
+
+    path, provenance = write_preview(args.recipe, args.out, args.overrides, args.seed, args.samples)
+    print(f"wrote the augmentation preview of {args.recipe} ({provenance}) to {path}")
+    return EXIT_OK
+
+
+def cmd_standardize(args: argparse.Namespace) -> int:
+    from harmonia.apply_standardizer import standardize_dicom
+
+    result = standardize_dicom(
+        Path(args.checkpoint),
+        Path(args.input),
+        Path(args.out),
+        overwrite=args.overwrite,
+        device=args.device,
+        on_series=lambda name: print(f"standardizing series {name}", flush=True),
+    )
+    for line in result.lines():
+        print(line)
+    print(f"{len(result.written)} series written to {args.out}, {len(result.skipped)} skipped")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "list": cmd_list,
+    "validate": cmd_validate,
+    "synth": cmd_synth,
+    "report": cmd_report,
+    "augment-preview": cmd_augment_preview,
+    "standardize": cmd_standardize,
+}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

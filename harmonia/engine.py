@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -112,9 +112,15 @@ class Trainer:
         stack = self.stack
         stack.require_target_images(target_train)
         stack.fit(train, target_train, self.device)
-        train_images = stack.transform_images(train.images)
-        target_images = stack.transform_images(target_train.images) if stack.needs_target_images else None
+        train_images = stack.transform_images(train.images, training=True)
+        target_images = (
+            stack.transform_images(target_train.images, training=True) if stack.needs_target_images else None
+        )
         draw_targets = target_images is not None and stack.adds_loss
+        # the validation images as the model sees them, transformed once rather than at every epoch
+        val_seen = (
+            replace(val, images=stack.transform_images(val.images)) if self.settings.selection == "best_val" else val
+        )
 
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model.to(self.device, memory_format=memory_format)
@@ -162,7 +168,7 @@ class Trainer:
             mean_loss = self._epoch_loss(losses, epoch)
             score = None
             if self.settings.selection == "best_val":
-                result.selection_metric, score = self._validation_score(val)
+                result.selection_metric, score = self._validation_score(val_seen)
                 if best_state is None or self._preference(score) > best_score:
                     best_score, best_state = self._preference(score), _cpu_state(self.model)
                     result.selected_epoch = epoch
@@ -211,11 +217,13 @@ class Trainer:
 
     @torch.no_grad()
     def predict(
-        self, images: torch.Tensor, with_probabilities: bool = False
+        self, images: torch.Tensor, with_probabilities: bool = False, transformed: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class indices (and softmax probabilities if asked) for native-unit ``images``, on the CPU."""
+        """Class indices (and softmax probabilities if asked) for native-unit ``images``, on the CPU; ``transformed``
+        says the mitigations' transforms were already applied to them."""
         self.model.eval()
-        images = self.stack.transform_images(images)
+        if not transformed:
+            images = self.stack.transform_images(images)
         predicted, probabilities = [], []
         for chunk in images.split(max(1, self.settings.batch_size)):
             with self._autocast():
@@ -225,18 +233,31 @@ class Trainer:
                 probabilities.append(torch.softmax(logits, 1).cpu())
         return torch.cat(predicted), (torch.cat(probabilities) if with_probabilities else None)
 
-    def predictions(self, data: ImageSet, with_probabilities: bool = False) -> Predictions:
-        """:class:`Predictions` of the model on ``data`` for evaluators."""
-        predicted, probabilities = self.predict(data.images, with_probabilities)
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's ``features`` for native-unit ``images`` (transformed and z-scored as for prediction), averaged
+        over any spatial axes: ``[N, F]`` float32 on the CPU, what a linear probe of the features reads."""
+        self.model.eval()
+        images = self.stack.transform_images(images)
+        pooled = []
+        for chunk in images.split(max(1, self.settings.batch_size)):
+            with self._autocast():
+                features = self.model(self._layout(zscore(chunk.to(self.device)))).features.float()
+            pooled.append(features.flatten(2).mean(2).cpu() if features.dim() > 2 else features.cpu())
+        return torch.cat(pooled)
+
+    def predictions(self, data: ImageSet, with_probabilities: bool = False, transformed: bool = False) -> Predictions:
+        """:class:`Predictions` of the model on ``data`` for evaluators (``transformed``: see :meth:`predict`)."""
+        predicted, probabilities = self.predict(data.images, with_probabilities, transformed)
         return Predictions(self.task, data.targets, predicted, data.patients, probabilities)
 
     def _validation_score(self, val: ImageSet) -> tuple[str, float]:
-        """The selector's primary metric on ``val``: its name and its value, as the evaluator gives it.
+        """The selector's primary metric on ``val`` (already through the mitigations' transforms): its name and value.
 
         An evaluator that calibrates (a decision threshold) is calibrated on the same validation predictions
         first, so each epoch is scored at its own threshold; the test sets see the selected epoch's.
         """
-        predictions = self.predictions(val, self.selector.needs_probabilities)
+        predictions = self.predictions(val, self.selector.needs_probabilities, transformed=True)
         self.selector.calibrate(predictions)
         metric = self.selector.evaluate(predictions)[0]
         return metric.name, metric.value

@@ -186,3 +186,70 @@ def level_figure(curves: pd.DataFrame, key: str, metric: str, provenance: str) -
     stamp(fig, f"{metric} against {key} (mean ± sd over seeds)", provenance)
     fig.tight_layout(rect=(0, 0.03, 1, 0.96))
     return fig
+
+
+def recovery_heatmap(table: pd.DataFrame, metric: str, provenance: str) -> Figure:
+    """The shift-anatomy heatmap: the share of the plain gap in ``metric`` each method recovers (columns), per
+    kind of shift (rows), each cell with its 95% interval; a shift with no clear plain gap is left grey.
+
+    ``table`` is :func:`harmonia.anatomy.recovery_table`'s.
+    """
+    shifts = list(dict.fromkeys(table["shift"]))
+    methods = list(dict.fromkeys(table["method"]))
+    share = table.pivot(index="shift", columns="method", values="share").reindex(index=shifts, columns=methods)
+    fig, ax = plt.subplots(figsize=(1.6 * len(methods) + 3.2, 0.7 * len(shifts) + 2.0))
+    ax.imshow(np.ma.masked_invalid(share.to_numpy(float)), cmap="RdBu", vmin=-1, vmax=1, aspect="auto")
+    ax.set_facecolor("#dddddd")
+    for _, row in table.iterrows():
+        y, x = shifts.index(row["shift"]), methods.index(row["method"])
+        text = row["note"] or f"{row['share']:+.2f}\n[{row['share_low']:+.2f}, {row['share_high']:+.2f}]"
+        ax.text(x, y, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(methods)), methods, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(shifts)), shifts, fontsize=8)
+    ax.set_xlabel("method")
+    ax.set_ylabel("shift between the domains")
+    stamp(fig, f"Share of the plain {metric} gap recovered (95% CI; 1 = all, 0 = none)", provenance)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93))
+    return fig
+
+
+def bland_altman(points: pd.DataFrame, labels: dict[int, str], provenance: str) -> Figure:
+    """Bland–Altman plots of volume: one panel per test domain (rows) and sweep point (columns), each patient's
+    mean volume against its difference in % of the reference, with the bias and the 95% limits of agreement.
+
+    ``points`` is :func:`harmonia.patient_comparison.bland_altman_points`'s.
+    """
+    domains = list(dict.fromkeys(points["test_domain"]))
+    sweep_ids = list(dict.fromkeys(points["sweep_id"]))
+    fig, axes = plt.subplots(
+        len(domains),
+        len(sweep_ids),
+        figsize=(3.6 * len(sweep_ids), 2.6 * len(domains) + 0.8),
+        squeeze=False,
+        sharey=True,
+    )
+    for row, domain in enumerate(domains):
+        for col, sweep_id in enumerate(sweep_ids):
+            ax = axes[row, col]
+            part = points[(points["test_domain"] == domain) & (points["sweep_id"] == sweep_id)]
+            ax.scatter(part["mean"], part["difference_pct"], s=10, color=OTHER_COLOR)
+            if len(part) > 1:
+                bias, sd = part["difference_pct"].mean(), part["difference_pct"].std(ddof=1)
+                ax.axhline(bias, color="black", linewidth=1)
+                for limit in (bias - 1.96 * sd, bias + 1.96 * sd):
+                    ax.axhline(limit, color="gray", linestyle="--", linewidth=1)
+                ax.text(
+                    0.02,
+                    0.95,
+                    f"bias {bias:+.1f}%, LoA ±{1.96 * sd:.1f}%",
+                    transform=ax.transAxes,
+                    fontsize=7,
+                    va="top",
+                )
+            ax.set_title(f"{labels[int(sweep_id)]}, test {domain}", fontsize=8)
+            if row == len(domains) - 1:
+                ax.set_xlabel("mean of the two volumes")
+        axes[row, 0].set_ylabel("difference, % of reference")
+    stamp(fig, "Bland-Altman: predicted vs reference volume per patient", provenance)
+    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    return fig

@@ -25,8 +25,8 @@ import torch
 
 import harmonia
 from harmonia import datasource, environment
-from harmonia.api import Cohort, Evaluator, ImageSet, Mitigation, Model
-from harmonia.checkpoints import CheckpointInfo, plugin_record, save_model
+from harmonia.api import ALL_DOMAINS, CellView, Cohort, Evaluator, ImageSet, Metric, Mitigation, Model, Task
+from harmonia.checkpoints import CheckpointInfo, checkpoint_path, plugin_record, save_model
 from harmonia.engine import EpochRecord, Trainer, TrainResult, resolve_device
 from harmonia.errors import CellFailed, DataError, HarmoniaError, InputError, RecipeError, RunInterrupted, one_line
 from harmonia.progress import Progress
@@ -127,11 +127,13 @@ class CellOutcome:
 
     ``record`` holds the mitigations' :meth:`~harmonia.api.Mitigation.cell_record` figures (as
     ``<mitigation>.<key>``) and, under ``undefined``, each metric that came out NaN with its reason.
+    ``patients`` holds the per-patient values evaluators gave (``Metric.per_patient``), one row each.
     """
 
     rows: list[dict[str, Any]]
     training: TrainResult
     record: dict[str, Any]
+    patients: list[dict[str, Any]]
 
 
 def run_cell(
@@ -143,13 +145,15 @@ def run_cell(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     models_dir: Path | None = None,
+    artifacts_dir: Path | None = None,
 ) -> CellOutcome:
     """Train on the cell's domain and test on every domain.
 
     Evaluators that calibrate (a decision threshold) see the training domain's validation split, never a test split.
 
     ``on_epoch`` gets each epoch's record as it ends. With ``train.save_models`` on, the selected
-    weights are saved into ``models_dir`` (see :mod:`harmonia.checkpoints` for the file names).
+    weights are saved into ``models_dir`` (see :mod:`harmonia.checkpoints` for the file names). What the
+    mitigations learned (a standardizer) goes into ``artifacts_dir`` as ``sweep<i>-seed<s>-<domain>-<mitigation>*``.
     """
     recipe = cell.point.recipe
     seed = train_seed(cell)
@@ -173,6 +177,12 @@ def run_cell(
     ]
     trainer = Trainer(model, mitigations, evaluators[0], recipe.train, device, common_seed(cell, "batches"))
     record = trainer.fit(train, val, target_train, on_epoch)
+    if artifacts_dir is not None:
+        for label, m in zip(mitigation_labels(mitigations), mitigations):
+            if type(m).save_artifacts is not Mitigation.save_artifacts:
+                artifacts_dir.mkdir(parents=True, exist_ok=True)
+                cell_stem = checkpoint_path(artifacts_dir, cell.point.id, cell.seed, cell.train_domain).stem
+                m.save_artifacts(artifacts_dir, f"{cell_stem}-{label}")
     if recipe.train.save_models and models_dir is not None:
         info = CheckpointInfo(
             cell.point.id,
@@ -185,13 +195,13 @@ def run_cell(
         )
         save_model(models_dir, model, info)
 
-    needs_probabilities = any(e.needs_probabilities for e in evaluators)
-    calibrating = [e for e in evaluators if type(e).calibrate is not Evaluator.calibrate]
+    test_set = [e for e in evaluators if e.scope == "test_set"]
+    needs_probabilities = any(e.needs_probabilities for e in test_set)
+    calibrating = [e for e in test_set if type(e).calibrate is not Evaluator.calibrate]
     if calibrating:
         validation = trainer.predictions(val, needs_probabilities)
         for evaluator in calibrating:
             evaluator.calibrate(validation)
-    rows = []
     base = {
         **cell.point.values,  # first, so a swept key never hides a fixed column of the same name
         "cohort": recipe.cohort.name,
@@ -202,24 +212,71 @@ def run_cell(
         "seed": cell.seed,
         "train_domain": cell.train_domain,
     }
+    scored: list[tuple[str, Evaluator, Metric]] = []
     for test_domain in data.domains:
         test = data.items.of_patients(splits[test_domain].test, test_domain)
         predictions = trainer.predictions(test, needs_probabilities)
-        for evaluator in evaluators:
-            for metric in evaluator.evaluate(predictions):
-                rows.append(
-                    {
-                        **base,
-                        "test_domain": test_domain,
-                        "metric": metric.name,
-                        "value": metric.value,
-                        "n": metric.n,
-                        # for the manifest, not results.csv columns:
-                        "higher_is_better": evaluator.higher_is_better,
-                        "note": metric.note,
-                    }
-                )
-    return CellOutcome(rows, record, _cell_record(mitigations, rows))
+        scored += [(test_domain, e, metric) for e in test_set for metric in e.evaluate(predictions)]
+    cell_scope = [e for e in evaluators if e.scope == "cell"]
+    if cell_scope:
+        view = _cell_view(cell, data, splits, task, trainer, seed, device)
+        scored += [(m.test_domain or ALL_DOMAINS, e, m) for e in cell_scope for m in e.evaluate_cell(view)]
+    rows = [
+        {
+            **base,
+            "test_domain": test_domain,
+            "metric": metric.name,
+            "value": metric.value,
+            "n": metric.n,
+            # for the manifest, not results.csv columns:
+            "higher_is_better": evaluator.higher_is_better
+            if metric.higher_is_better is None
+            else metric.higher_is_better,
+            "scope": evaluator.scope,
+            "note": metric.note,
+        }
+        for test_domain, evaluator, metric in scored
+    ]
+    patients = [
+        {
+            "sweep_id": cell.point.id,
+            "seed": cell.seed,
+            "train_domain": cell.train_domain,
+            "test_domain": test_domain,
+            "metric": metric.name,
+            "patient": patient,
+            "value": value,
+        }
+        for test_domain, _, metric in scored
+        for patient, value in metric.per_patient.items()
+    ]
+    return CellOutcome(rows, record, _cell_record(mitigations, rows), patients)
+
+
+def _cell_view(
+    cell: Cell,
+    data: CohortData,
+    splits: dict[str, Split],
+    task: Task,
+    trainer: Trainer,
+    seed: int,
+    device: torch.device,
+) -> CellView:
+    """What a cell-scope evaluator sees of the trained cell (see :class:`~harmonia.api.CellView`)."""
+
+    def split(domain: str, part: str) -> ImageSet:
+        return data.items.of_patients(getattr(splits[domain], part), domain)
+
+    return CellView(
+        task=task,
+        domains=tuple(data.domains),
+        train_domain=cell.train_domain,
+        seed=seed,
+        device=device,
+        split=split,
+        transform=trainer.stack.transform_images,
+        features=trainer.features,
+    )
 
 
 def _cell_record(mitigations: list[Mitigation], rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -427,6 +484,7 @@ def _run_cells(
                 device,
                 on_epoch=lambda e: progress.epoch_finished(e.epoch, e.train_loss, e.val_score),
                 models_dir=folder.models_path,
+                artifacts_dir=folder.path / "artifacts",
             )
         except (InputError, KeyboardInterrupt):
             raise
@@ -445,7 +503,7 @@ def _run_cells(
             for e in outcome.training.history
         ]
         rows, record = outcome.rows, outcome.training
-        folder.add_cell(cell.key, rows, history, outcome.record)
+        folder.add_cell(cell.key, rows, history, outcome.record, outcome.patients)
         folder.record_metrics(rows)
         primary = rows[0]["metric"] if rows else "?"
         same = [r["value"] for r in rows if r["metric"] == primary and r["test_domain"] == cell.train_domain]

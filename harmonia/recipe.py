@@ -353,8 +353,14 @@ def incompatibility(
         takes = " or ".join(f"{d}-D" for d in model_cls.image_dims)
         return f"model.plugin: '{model.plugin}' takes {takes} images; cohort {cohort} gives {task.spatial_dims}-D items"
     for i, spec in enumerate(evaluate):
-        if task.kind not in registry.get("evaluator", spec.plugin).cls.tasks:
+        evaluator_cls = registry.get("evaluator", spec.plugin).cls
+        if task.kind not in evaluator_cls.tasks:
             return f"evaluate[{i}].plugin: '{spec.plugin}' does not evaluate {task.kind} (cohort {cohort})"
+        if i == 0 and evaluator_cls.scope == "cell":
+            return (
+                f"evaluate[0].plugin: '{spec.plugin}' scores whole cells, so it cannot select epochs; list a test-set "
+                f"evaluator (dice, auc) first"
+            )
     return None
 
 

@@ -33,7 +33,7 @@ import pluggy
 from pydantic import BaseModel
 
 from harmonia import __version__, hookspecs
-from harmonia.api import PLUGIN_BASES, PLUGIN_KINDS, Params, Plugin, PluginKind
+from harmonia.api import PLUGIN_BASES, PLUGIN_KINDS, Evaluator, Params, Plugin, PluginKind
 from harmonia.errors import PluginError, one_line
 from harmonia.plugin_params import InvalidParams, key_path, validate_params
 
@@ -69,9 +69,12 @@ FIRST_PARTY_MODULES = (
     "harmonia_plugins.mitigations.kornia_spatial",
     "harmonia_plugins.mitigations.histogram_standardization",
     "harmonia_plugins.mitigations.histogram_matching",
+    "harmonia_plugins.mitigations.ct_standardizer",
     "harmonia_plugins.evaluators.dice",
     "harmonia_plugins.evaluators.auc",
     "harmonia_plugins.evaluators.accuracy",
+    "harmonia_plugins.evaluators.volume_agreement",
+    "harmonia_plugins.evaluators.image_quality",
 )
 
 Origin = Literal["first-party", "entry point", "by hand"]
@@ -198,6 +201,10 @@ def check_plugin_class(kind: PluginKind, obj: object) -> str:
     params = getattr(obj, "Params", None)
     if not (isinstance(params, type) and issubclass(params, BaseModel)):
         raise TypeError(f"{label}.Params is {params!r}, not a pydantic model (subclass harmonia.api.Params)")
+    if kind == "evaluator":
+        method = "evaluate_cell" if obj.scope == "cell" else "evaluate"
+        if getattr(obj, method) is getattr(Evaluator, method):
+            raise TypeError(f"{label} has scope {obj.scope!r} but does not implement {method}()")
     return name
 
 

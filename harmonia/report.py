@@ -20,7 +20,8 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from harmonia import figures, references, statistics
+from harmonia import anatomy, cell_metrics, figures, patient_comparison, references, statistics
+from harmonia.api import ALL_DOMAINS
 from harmonia.errors import InputError, one_line
 from harmonia.references import Reference
 from harmonia.results import RunFolder, atomic_write_text, read_results
@@ -28,6 +29,7 @@ from harmonia.tables import (
     Provenance,
     UndefinedValues,
     domain_order,
+    is_ci_bound,
     level_curves,
     level_keys,
     level_table,
@@ -135,11 +137,21 @@ def primary_metric(results: pd.DataFrame, manifest: dict | None = None) -> str:
 
 
 def metric_infos(results: pd.DataFrame, manifest: dict) -> list[MetricInfo]:
-    """Every metric of the run, the primary one first, then in the order they first appear."""
+    """Every test-set metric of the run, the primary one first, then in the order they first appear; the bounds
+    of a metric's confidence interval (``auc_ci_low``, ``auc_ci_high``) are shown with it, not as metrics."""
     primary = primary_metric(results, manifest)
     directions = manifest.get("metrics", {}).get("higher_is_better", {})
-    names = [primary] + [m for m in dict.fromkeys(results["metric"]) if m != primary]
+    present = set(results["metric"])
+    names = [primary] + [m for m in dict.fromkeys(results["metric"]) if m != primary and not is_ci_bound(m, present)]
     return [MetricInfo(m, bool(directions.get(m, True)), m in directions) for m in names]
+
+
+def split_scopes(results: pd.DataFrame, manifest: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows of test-set metrics (Table 2 and its comparisons) and those of cell-scope metrics (a vendor
+    probe's), which have no same- or other-domain reading."""
+    cell_scope = set(manifest.get("metrics", {}).get("cell_scope", []))
+    is_cell = results["metric"].isin(cell_scope) | (results["test_domain"] == ALL_DOMAINS)
+    return results[~is_cell].reset_index(drop=True), results[is_cell].reset_index(drop=True)
 
 
 def _seeds_text(n_same: int, n_other: int) -> str:
@@ -282,6 +294,7 @@ def _undefined_lines(undefined: UndefinedValues, where: Provenance) -> list[str]
 def console_lines(results: pd.DataFrame, manifest: dict) -> list[str]:
     """What ``harmonia run`` prints at the end: the primary metric's Table 2, its mean Δ per modality when the
     run has more than one modality (for each setting but the levels of a level sweep), and its comparison lines."""
+    results = split_scopes(results, manifest)[0]
     if results.empty:
         return ["(no finished cells yet)"]
     infos = metric_infos(results, manifest)
@@ -486,6 +499,7 @@ def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``figures/`` for ``run_dir`` and return the report's path."""
     run_dir = Path(run_dir)
     results, manifest = read_run(run_dir)
+    results, cell_rows = split_scopes(results, manifest)
     reference, unknown = read_reference(run_dir)
     where = provenance(results, manifest)
     lines = [f"# {manifest.get('recipe', run_dir.name)}: cross-scanner report ({where.label})", ""]
@@ -524,9 +538,78 @@ def write_report(run_dir: Path) -> Path:
         if count:
             lines += _undefined_lines(undefined, where)
         lines += _metric_sections(results, manifest, run_dir, reference, where)
+    if not cell_rows.empty:
+        lines += cell_metrics.section(cell_rows, results, primary_metric(results, manifest), where)
+    if not results.empty:
+        lines += _patient_lines(run_dir, results, where)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _patient_lines(run_dir: Path, results: pd.DataFrame, where: Provenance) -> list[str]:
+    """Each setting against its baseline patient by patient, and the Bland–Altman plots of volume, from
+    ``patients.csv`` (seed 003's tables and figures)."""
+    patients = patient_comparison.read_patients(run_dir)
+    if patients.empty:
+        return []
+    lines = []
+    table = patient_comparison.paired_table(patients, results)
+    if not table.empty:
+        lines += [
+            "## Per patient: each setting against its baseline",
+            "",
+            f"**Per-patient values of each setting and its baseline, paired on (seed, training domain, test domain, "
+            f"patient), mean ± sd over the pairs, with the paired t-test ({where.label}).**",
+            "",
+            table.to_markdown(index=False, disable_numparse=True),
+            "",
+            "Difference = setting − baseline with its 95% t interval. With several seeds one patient gives a pair "
+            "per seed, and those pairs are not independent: read p as optimistic; the seed-level comparisons above "
+            "are the ones with the right unit of replication.",
+            "",
+        ]
+    points = patient_comparison.bland_altman_points(patients)
+    if not points.empty:
+        figure = figures.bland_altman(points, point_labels(results), where.label)
+        path = figures.save(figure, run_dir / "figures" / "bland_altman.png", "Bland-Altman plots of volume")
+        lines += [
+            "## Bland-Altman: predicted vs reference volume",
+            "",
+            f"**Each patient's predicted and reference volume: their mean against their difference in % of the "
+            f"reference, per test domain and setting; solid line the bias, dashed the 95% limits of agreement "
+            f"(bias ± 1.96 sd) ({where.label}).**",
+            "",
+            f"![bland_altman]({path.relative_to(run_dir).as_posix()})",
+            "",
+        ]
+    return lines
+
+
+def _anatomy_lines(results: pd.DataFrame, info: MetricInfo, run_dir: Path, where: Provenance) -> list[str]:
+    """The shift-anatomy table and heatmap of the primary metric, for a run sweeping methods against a shift."""
+    table = anatomy.recovery_table(results, info.name, info.higher_is_better)
+    if table.empty:
+        return []
+    path = figures.save(
+        figures.recovery_heatmap(table, info.name, where.label),
+        run_dir / "figures" / "shift_anatomy.png",
+        f"share of the plain {info.name} gap each method recovers, per shift",
+    )
+    return [
+        f"## Shift anatomy: the share of the plain {info.name} gap each method recovers",
+        "",
+        f"**Recovered share = (plain gap − method gap) / plain gap, per shift (rows) and method (columns), "
+        f"mean over seeds with a 95% interval ({where.label}).**",
+        "",
+        anatomy.markdown(table),
+        "",
+        "The interval is the paired-t interval of the narrowing divided by the plain gap's mean (the plain gap is "
+        "treated as known). A shift whose plain gap is not clearly above 0 has nothing to recover: no clear gap.",
+        "",
+        f"![shift_anatomy]({path.relative_to(run_dir).as_posix()})",
+        "",
+    ]
 
 
 def _metric_sections(
@@ -577,6 +660,7 @@ def _metric_sections(
                 _markdown_level_table(table, info, key),
                 "",
             ]
+    lines += _anatomy_lines(results, infos[0], run_dir, where)
     lines += [f"## Mean {primary} by training (rows) and test (columns) domain", ""]
     for label, table in matrix(results, primary).items():
         lines += [

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from harmonia.api import ALL_DOMAINS
 from harmonia.errors import InputError, one_line
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ TAIL_COLUMNS = ["seed", "train_domain", "test_domain", "metric", "value", "n"]
 CELL_KEY = ["sweep_id", "seed", "train_domain"]
 SUMMARY_KEY = ["cohort", "modality", "data", "mitigations", "sweep_id"]
 HISTORY_COLUMNS = ["sweep_id", "seed", "train_domain", "epoch", "train_loss", "val_score", "selected"]
+#: ``patients.csv``: per-patient values an evaluator gave (``Metric.per_patient``), by pseudonym
+PATIENT_COLUMNS = ["sweep_id", "seed", "train_domain", "test_domain", "metric", "patient", "value"]
 LOCK_NAME = ".harmonia.lock"
 
 CellKey = tuple[int, int, str]
@@ -136,14 +139,15 @@ def format_value(value: Any) -> Any:
 
 class RunFolder:
     """One run's folder (DESIGN.md §5): ``recipe.yaml``, ``manifest.json``, ``results.csv``, ``summary.csv``,
-    ``history.csv`` (and ``unreadable.csv`` when a cohort skipped files, ``harmonia.log`` with the details
-    of any failure)."""
+    ``history.csv`` (and ``unreadable.csv`` when a cohort skipped files, ``patients.csv`` when an evaluator
+    gave per-patient values, ``harmonia.log`` with the details of any failure)."""
 
     def __init__(self, path: Path, sweep_keys: list[str]):
         self.path = Path(path)
         self.columns = HEAD_COLUMNS + sweep_columns(sweep_keys) + TAIL_COLUMNS
         self.results = pd.DataFrame(columns=self.columns)
         self.history = pd.DataFrame(columns=HISTORY_COLUMNS)
+        self.patients = pd.DataFrame(columns=PATIENT_COLUMNS)
 
     @property
     def recipe_path(self) -> Path:
@@ -164,6 +168,10 @@ class RunFolder:
     @property
     def history_path(self) -> Path:
         return self.path / "history.csv"
+
+    @property
+    def patients_path(self) -> Path:
+        return self.path / "patients.csv"
 
     @property
     def log_path(self) -> Path:
@@ -199,14 +207,17 @@ class RunFolder:
 
         ``rows`` are one cell's result rows, each with the ``higher_is_better`` of the evaluator that
         made it; the first row holds the first metric of the first evaluator (the primary one). Reports
-        read this to orient every comparison and to lead with the primary metric.
+        read this to orient every comparison and to lead with the primary metric. Metrics of cell-scope
+        evaluators (a vendor probe) are listed under ``cell_scope``: they have no same/other-domain reading.
         """
         recorded = self.read_manifest().get("metrics", {})
         directions = {r["metric"]: bool(r["higher_is_better"]) for r in rows}
         primary = recorded.get("primary") or (rows[0]["metric"] if rows else None)
-        self.update_manifest(
-            metrics={"primary": primary, "higher_is_better": {**recorded.get("higher_is_better", {}), **directions}}
+        cell_scope = dict.fromkeys(
+            recorded.get("cell_scope", []) + [r["metric"] for r in rows if r.get("scope") == "cell"]
         )
+        metrics = {"primary": primary, "higher_is_better": {**recorded.get("higher_is_better", {}), **directions}}
+        self.update_manifest(metrics={**metrics, "cell_scope": list(cell_scope)} if cell_scope else metrics)
 
     def record_per_cohort(self, field: str, cohort: str, value: Any) -> None:
         """Set ``manifest[field][cohort]``, keeping the other cohorts' entries."""
@@ -270,6 +281,7 @@ class RunFolder:
         """
         results = read_results(self.results_path, on_damage="drop")
         history = _read_history(self.history_path)
+        patients = _read_table(self.patients_path, PATIENT_COLUMNS, "per-patient values file")
         recorded = {
             (int(c["sweep_id"]), int(c["seed"]), str(c["train_domain"])): int(c["rows"])
             for c in self.read_manifest().get("cells", [])
@@ -284,6 +296,7 @@ class RunFolder:
             )
         self.results = _keep_cells(results, finished) if not results.empty else self.results
         self.history = _keep_cells(history, finished) if not history.empty else self.history
+        self.patients = _keep_cells(patients, finished) if not patients.empty else self.patients
         return finished
 
     def add_cell(
@@ -292,9 +305,10 @@ class RunFolder:
         rows: list[dict[str, Any]],
         history: list[dict[str, Any]],
         record: dict[str, Any] | None = None,
+        patients: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Append one finished cell's result rows and epoch history; rewrite the files, then record the cell
-        in the manifest with ``record`` (what its mitigations did, metrics left undefined)."""
+        """Append one finished cell's result rows, epoch history and per-patient values; rewrite the files, then
+        record the cell in the manifest with ``record`` (what its mitigations did, metrics left undefined)."""
         new = pd.DataFrame([{c: format_value(r.get(c)) for c in self.columns} for r in rows], columns=self.columns)
         frame = new if self.results.empty else pd.concat([self.results, new], ignore_index=True)
         rank = domain_rank(frame)
@@ -308,6 +322,10 @@ class RunFolder:
         atomic_write_text(self.results_path, self.results.to_csv(index=False))
         atomic_write_text(self.summary_path, summarize(self.results, self.columns).to_csv(index=False))
         atomic_write_text(self.history_path, self.history.to_csv(index=False))
+        if patients:
+            new_patients = pd.DataFrame(patients, columns=PATIENT_COLUMNS)
+            self.patients = new_patients if self.patients.empty else pd.concat([self.patients, new_patients])
+            atomic_write_text(self.patients_path, self.patients.to_csv(index=False))
         cells = self.read_manifest().get("cells", [])
         cells = [c for c in cells if (c["sweep_id"], c["seed"], c["train_domain"]) != key]
         self.update_manifest(
@@ -339,13 +357,20 @@ def _history_columns(history: list[dict[str, Any]]) -> list[str]:
 
 def _read_history(path: Path) -> pd.DataFrame:
     """``history.csv`` (empty if absent); an InputError naming the file if it does not parse."""
+    return _read_table(path, HISTORY_COLUMNS, "history file")
+
+
+def _read_table(path: Path, columns: list[str], what: str) -> pd.DataFrame:
+    """A per-cell CSV of the run folder (empty with ``columns`` if absent); an InputError naming it if it does
+    not parse."""
     if not path.exists():
-        return pd.DataFrame(columns=HISTORY_COLUMNS)
+        return pd.DataFrame(columns=columns)
+    text_columns = {c: str for c in ("train_domain", "test_domain", "patient") if c in columns}
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"train_domain": str})
+        frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text_columns)
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
         raise InputError(
-            f"{path}: damaged history file ({one_line(exc)}); delete it to rebuild it from the cells rerun"
+            f"{path}: damaged {what} ({one_line(exc)}); delete it to rebuild it from the cells rerun"
         ) from None
     return frame
 
@@ -375,6 +400,7 @@ def summarize(results: pd.DataFrame, columns: list[str] | None = None) -> pd.Dat
     the sample standard deviation over seeds of each seed's own Δ: same and other of one seed share
     its splits, so their spread about each other is smaller than ``same_sd`` and ``other_sd`` suggest.
     """
+    results = results[results["test_domain"] != ALL_DOMAINS]  # a vendor probe's all-domain scores have no Δ
     if results.empty:
         return pd.DataFrame()
     columns = columns or list(results.columns)

@@ -88,10 +88,12 @@ class MitigationStack:
         for m in self._by_stage["fit"]:
             m.fit(train, _target_set_for(m, target_train), device)
 
-    def transform_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Stage 4: every image the model sees, through each mitigation's transform in turn."""
+    def transform_images(self, images: torch.Tensor, training: bool = False) -> torch.Tensor:
+        """Stage 4: every image the model sees, through each mitigation's transform in turn; ``training`` images
+        skip the transforms of mitigations whose ``transforms_training_images`` is False."""
         for m in self._by_stage["transform_images"]:
-            images = m.transform_images(images)
+            if m.transforms_training_images or not training:
+                images = m.transform_images(images)
         return images
 
     def build(self, model: Model) -> nn.ModuleList:

@@ -58,6 +58,11 @@ def provenance(results: pd.DataFrame, manifest: dict) -> Provenance:
     return Provenance(kinds)
 
 
+def is_ci_bound(metric: str, metrics: set[str]) -> bool:
+    """Whether ``metric`` is the lower or upper bound of another metric's CI (``auc_ci_low`` of ``auc``)."""
+    return any(metric.endswith(s) and metric.removesuffix(s) in metrics for s in ("_ci_low", "_ci_high"))
+
+
 def swept_columns(results: pd.DataFrame) -> list[str]:
     """The columns of swept keys (named by key path)."""
     return [c for c in results.columns if c not in HEAD_COLUMNS + TAIL_COLUMNS]

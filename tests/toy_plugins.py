@@ -19,6 +19,8 @@ from torch import nn
 
 from harmonia import hookimpl
 from harmonia.api import (
+    ALL_DOMAINS,
+    CellView,
     Cohort,
     CohortParams,
     Evaluator,
@@ -215,6 +217,57 @@ class CalibratingSpy(PixelAccuracy):
         return [*super().evaluate(predictions), undefined]
 
 
+class PatientAccuracy(PixelAccuracy):
+    """Pixel accuracy per patient: the mean over patients, each patient's own value kept (``per_patient``)."""
+
+    name = "patient_accuracy"
+
+    def evaluate(self, predictions: Predictions) -> list[Metric]:
+        patients = np.asarray(predictions.patients)
+        values = {}
+        for patient in np.unique(patients):
+            items = torch.from_numpy(np.flatnonzero(patients == patient))
+            values[str(patient)] = (predictions.predicted[items] == predictions.targets[items]).float().mean().item()
+        return [Metric("patient_accuracy", float(np.mean(list(values.values()))), len(values), per_patient=values)]
+
+
+class CellSpy(Evaluator):
+    """A cell-scope evaluator recording what it was shown: the patients of each split it asked for, the shape of
+    the features and whether the transform acted; it scores each domain's mean test intensity and their spread."""
+
+    name = "cell_spy"
+    scope = "cell"
+    views: ClassVar[list[dict]] = []
+
+    def evaluate_cell(self, view: CellView) -> list[Metric]:
+        tests = {d: view.split(d, "test") for d in view.domains}
+        seen = {
+            "train_domain": view.train_domain,
+            "patients": {d: set(t.patients) for d, t in tests.items()},
+            "features": tuple(view.features(tests[view.train_domain].images).shape),
+            "shifted": float((view.transform(tests["A"].images) - tests["A"].images).mean()),
+        }
+        CellSpy.views.append(seen)
+        means = {d: t.images.mean().item() for d, t in tests.items()}
+        spread = max(means.values()) - min(means.values())
+        return [Metric("test_mean", m, len(tests[d]), test_domain=d) for d, m in means.items()] + [
+            Metric("domain_spread", spread, len(view.domains), test_domain=ALL_DOMAINS)
+        ]
+
+
+class ShiftTestImages(Mitigation):
+    """Adds 100 to the images the trained model is tested on, never to its training images; records the means
+    of the image tensors it transformed."""
+
+    name = "shift_test_images"
+    transforms_training_images = False
+    transformed: ClassVar[list[int]] = []
+
+    def transform_images(self, images: torch.Tensor) -> torch.Tensor:
+        ShiftTestImages.transformed.append(len(images))
+        return images + 100
+
+
 class ScaledParams(Params):
     factor: float = Field(1.0, ge=0.0, description="how much to scale the training batches by, minus one")
 
@@ -281,9 +334,9 @@ def harmonia_models():
 
 @hookimpl
 def harmonia_evaluators():
-    return [PixelAccuracy, SpyEvaluator, ItemAccuracy, CalibratingSpy]
+    return [PixelAccuracy, SpyEvaluator, ItemAccuracy, CalibratingSpy, PatientAccuracy, CellSpy]
 
 
 @hookimpl
 def harmonia_mitigations():
-    return [SpyMitigation, FailingMitigation, ScaleBatches]
+    return [SpyMitigation, FailingMitigation, ScaleBatches, ShiftTestImages]

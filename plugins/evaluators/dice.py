@@ -41,10 +41,11 @@ class Dice(Evaluator):
 
     def evaluate(self, predictions: Predictions) -> list[Metric]:
         scores = self.per_patient(predictions)  # [patients, foreground classes], NaN = skipped
-        per_patient = [_mean(row) for row in scores]
-        metrics = [_metric("dice", np.asarray(per_patient))]
+        patients = np.unique(np.asarray(predictions.patients))
+        per_patient = np.asarray([_mean(row) for row in scores])
+        metrics = [_metric("dice", per_patient, patients)]
         for c, class_name in enumerate(self.task.class_names[1:]):
-            metrics.append(_metric(f"dice_{class_name}", scores[:, c]))
+            metrics.append(_metric(f"dice_{class_name}", scores[:, c], patients))
         return metrics
 
     def per_patient(self, predictions: Predictions) -> np.ndarray:
@@ -83,8 +84,10 @@ def _mean(values: np.ndarray) -> float:
     return float(kept.mean()) if kept.size else math.nan
 
 
-def _metric(name: str, values: np.ndarray) -> Metric:
-    return Metric(name, _mean(values), int((~np.isnan(values)).sum()))
+def _metric(name: str, values: np.ndarray, patients: np.ndarray) -> Metric:
+    """The mean over patients, each patient's own value kept for paired analyses (those left out are not)."""
+    kept = {str(p): float(v) for p, v in zip(patients, values) if not np.isnan(v)}
+    return Metric(name, _mean(values), len(kept), per_patient=kept)
 
 
 @hookimpl
