@@ -18,8 +18,9 @@ from harmonia.tables import Provenance, domain_order, is_ci_bound, point_labels,
 
 NOTE = (
     "Each value is the mean ± sd over seeds of the metric in each (seed, training domain) cell; with one seed it "
-    "is that cell's value and, where the evaluator gives one, its 95% CI (a bootstrap over the test patients) in "
-    "brackets. A vendor probe's ideal is chance (AUROC 0.5, balanced accuracy 1/K): less vendor information left."
+    "is that cell's value and, where the evaluator gives one, its 95% CI in brackets, as the evaluator computes it "
+    "(a bootstrap over the test patients for a probe, Fisher's z for a concordance). A vendor probe's ideal is "
+    "chance (AUROC 0.5, balanced accuracy 1/K): less vendor information left."
 )
 
 

@@ -353,7 +353,8 @@ def run_experiment(
             finished=None,
         )
         try:
-            _run_cells(experiment, folder, registry, device, progress)
+            with _torch_threads(experiment.points[0].recipe.train.threads):
+                _run_cells(experiment, folder, registry, device, progress)
         except KeyboardInterrupt:
             _mark(folder, status="interrupted")
             raise RunInterrupted(folder.path) from None
@@ -407,6 +408,18 @@ def _mark(folder: RunFolder, **fields: Any) -> None:
         folder.update_manifest(**fields, finished=now())
     except OSError as exc:
         log.error("%s: could not record the run's end (%s)", folder.manifest_path, exc.strerror or one_line(exc))
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op CPU threads set to ``threads`` for the run (unchanged when None), restored after."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @contextmanager

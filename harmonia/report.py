@@ -541,10 +541,33 @@ def write_report(run_dir: Path) -> Path:
     if not cell_rows.empty:
         lines += cell_metrics.section(cell_rows, results, primary_metric(results, manifest), where)
     if not results.empty:
+        lines += _per_domain_lines(run_dir, results, manifest, where)
         lines += _patient_lines(run_dir, results, where)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _per_domain_lines(run_dir: Path, results: pd.DataFrame, manifest: dict, where: Provenance) -> list[str]:
+    """Metrics that summarise a whole test set (a concordance, limits of agreement, a sensitivity) per test
+    domain, with their CIs: Table 2 averages the other domains, and the per-patient table has only per-patient
+    metrics."""
+    per_patient = set(patient_comparison.read_patients(run_dir)["metric"])
+    primary = primary_metric(results, manifest)
+    rows = results[~results["metric"].isin(per_patient | {primary})]
+    rows = rows[~rows["metric"].map(lambda m: is_ci_bound(m, {primary}))]
+    if rows.empty:
+        return []
+    return [
+        "## Per test domain: set-level metrics",
+        "",
+        f"**Metrics computed over a whole test set, per setting, training domain and test domain ({where.label}).**",
+        "",
+        cell_metrics.cell_table(rows, rows.iloc[:0], primary).to_markdown(index=False, disable_numparse=True),
+        "",
+        cell_metrics.NOTE.split(" A vendor probe")[0],
+        "",
+    ]
 
 
 def _patient_lines(run_dir: Path, results: pd.DataFrame, where: Provenance) -> list[str]:

@@ -33,6 +33,12 @@ class TrainSpec(StrictModel):
     amp: bool = Field(True, description="mixed precision on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="channels-last memory format for 2-D convolutions")
     save_models: bool = Field(False, description="keep each cell's selected weights in the run folder (models/)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch's CPU threads for the run (none: torch's default, one per core); 1 is faster for tiny "
+        "models, whose per-operation work is too small to share, above all when other jobs use the cores",
+    )
 
     @field_validator("device")
     @classmethod

@@ -124,3 +124,21 @@ def test_a_test_only_transform_leaves_training_images_alone(registry, toy_recipe
     test_sizes = {d: len(data.items.of_patients(splits[d].test, d)) for d in ("A", "B")}
     # per cell: each test domain's images once; never the training set
     assert toy_plugins.ShiftTestImages.transformed == [test_sizes["A"], test_sizes["B"]] * 2
+
+
+def test_train_threads_sets_torchs_threads_for_the_run_and_restores_them(registry, toy_recipe, tmp_path, monkeypatch):
+    import torch
+
+    from harmonia import protocol
+
+    seen, original = [], protocol.run_cell
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(protocol, "run_cell", spy)
+    before = torch.get_num_threads()
+    toy_recipe["train"].update(seeds=1, epochs=1, threads=1)
+    runner.run(toy_recipe, out=tmp_path / "run", registry=registry)
+    assert seen == [1, 1] and torch.get_num_threads() == before

@@ -76,7 +76,10 @@ def test_the_report_covers_every_metric_and_leads_with_the_recorded_primary(tmp_
         "## Did the mitigation narrow the gap?",
         "## Mean dice by training (rows) and test (columns) domain",
         "## Figures",
+        "## Per test domain: set-level metrics",
     ]
+    per_domain = report.split("## Per test domain: set-level metrics")[1]
+    assert "| hd95 " in per_domain and "| dice " not in per_domain  # the primary metric has its own tables
     assert "### hd95 (lower is better; the gap is the cross-domain loss, other − same hd95)" in report
     assert "- dann vs none: narrowed the gap in hd95 by 2.000" in report
     assert "- dann vs none: narrowed the gap in dice by 0.100" in report
