@@ -679,7 +679,9 @@ class CellView:
     native units, untransformed; ``transform`` applies the cell's mitigations' :meth:`Mitigation.transform_images`
     as the trained model sees its test images; ``features`` gives the trained model's ``features`` for native
     images (transformed and z-scored as for prediction), averaged over any spatial axes: ``[N, F]`` on the CPU.
-    ``seed`` is the cell's own seed, for anything the evaluator draws at random.
+    ``seed`` is for anything the evaluator draws at random; it is shared by every sweep point with the same cohort,
+    model, seed index and training domain (common random numbers), so a mitigation's probe and its baseline's
+    draw alike.
     """
 
     task: Task

@@ -219,7 +219,7 @@ def run_cell(
         scored += [(test_domain, e, metric) for e in test_set for metric in e.evaluate(predictions)]
     cell_scope = [e for e in evaluators if e.scope == "cell"]
     if cell_scope:
-        view = _cell_view(cell, data, splits, task, trainer, seed, device)
+        view = _cell_view(cell, data, splits, task, trainer, common_seed(cell, "evaluate"), device)
         scored += [(m.test_domain or ALL_DOMAINS, e, m) for e in cell_scope for m in e.evaluate_cell(view)]
     rows = [
         {
@@ -516,8 +516,8 @@ def _run_cells(
             for e in outcome.training.history
         ]
         rows, record = outcome.rows, outcome.training
+        folder.record_metrics(rows)  # first: the summary add_cell writes leaves cell-scope metrics out
         folder.add_cell(cell.key, rows, history, outcome.record, outcome.patients)
-        folder.record_metrics(rows)
         primary = rows[0]["metric"] if rows else "?"
         same = [r["value"] for r in rows if r["metric"] == primary and r["test_domain"] == cell.train_domain]
         detail = f": same-domain {primary} {same[0]:.3f}, epoch {record.selected_epoch} kept" if same else ": done"

@@ -75,6 +75,7 @@ FIRST_PARTY_MODULES = (
     "harmonia_plugins.evaluators.accuracy",
     "harmonia_plugins.evaluators.volume_agreement",
     "harmonia_plugins.evaluators.image_quality",
+    "harmonia_plugins.evaluators.vendor_probe",
 )
 
 Origin = Literal["first-party", "entry point", "by hand"]

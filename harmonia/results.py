@@ -320,7 +320,9 @@ class RunFolder:
         epochs = pd.DataFrame([{**dict(zip(CELL_KEY, key)), **h} for h in history], columns=_history_columns(history))
         self.history = epochs if self.history.empty else pd.concat([self.history, epochs], ignore_index=True)
         atomic_write_text(self.results_path, self.results.to_csv(index=False))
-        atomic_write_text(self.summary_path, summarize(self.results, self.columns).to_csv(index=False))
+        cell_scope = self.read_manifest().get("metrics", {}).get("cell_scope", [])
+        summary = summarize(self.results[~self.results["metric"].isin(cell_scope)], self.columns)
+        atomic_write_text(self.summary_path, summary.to_csv(index=False))
         atomic_write_text(self.history_path, self.history.to_csv(index=False))
         if patients:
             new_patients = pd.DataFrame(patients, columns=PATIENT_COLUMNS)
