@@ -649,6 +649,18 @@ class Predictions:
     patients: np.ndarray
     probabilities: torch.Tensor | None = None
 
+    def check_label_maps(self, who: str) -> None:
+        """A ValueError naming ``who`` unless predicted and target label maps share one shape and every item (at
+        least one) has its patient: what a per-patient segmentation metric relies on."""
+        if self.predicted.shape != self.targets.shape:
+            raise ValueError(
+                f"{who}: predicted {tuple(self.predicted.shape)} and targets {tuple(self.targets.shape)} differ in shape"
+            )
+        if len(self.patients) != len(self.targets) or len(self.targets) == 0:
+            raise ValueError(
+                f"{who}: {len(self.targets)} items but {len(self.patients)} patient ids (need one per item, at least one)"
+            )
+
 
 @dataclass(frozen=True)
 class Metric:

@@ -73,14 +73,7 @@ def checkpoint_path(folder: Path, sweep_id: int, seed: int, train_domain: str) -
 def save_model(folder: Path, model: Model, info: CheckpointInfo) -> Path:
     """Write ``model``'s current weights and their sidecar into ``folder`` (made if missing); the ``.pt`` path."""
     path = checkpoint_path(folder, info.sweep_id, info.seed, info.train_domain)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_weights(model, path)
     task = model.task
     sidecar = {
         "format": FORMAT,
@@ -143,6 +136,19 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     if missing:
         raise InputError(f"{path}: checkpoint sidecar lacks {', '.join(missing)}")
     return sidecar
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """Write ``module``'s state dict (CPU tensors) to ``path`` atomically (folders made if missing), so that a
+    crash never leaves a half-written file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_weights(weights: Path) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harmonia import agreement, statistics
-from harmonia.results import PATIENT_COLUMNS
+from harmonia.results import read_patient_values
 from harmonia.tables import point_labels
 
 #: per-patient values drawn in the Bland–Altman figure, not compared as metrics of their own
@@ -25,11 +25,8 @@ PAIR_KEY = ["seed", "train_domain", "test_domain", "patient"]
 
 
 def read_patients(run_dir: Path) -> pd.DataFrame:
-    """``patients.csv`` of ``run_dir`` (empty with its columns when the run has none)."""
-    path = Path(run_dir) / "patients.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=PATIENT_COLUMNS)
-    return pd.read_csv(path, dtype={"train_domain": str, "test_domain": str, "patient": str})
+    """``patients.csv`` of ``run_dir`` (empty with its columns when the run has none; one-line InputError if damaged)."""
+    return read_patient_values(Path(run_dir) / "patients.csv")
 
 
 def compared_metrics(patients: pd.DataFrame) -> list[str]:

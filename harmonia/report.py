@@ -541,18 +541,19 @@ def write_report(run_dir: Path) -> Path:
     if not cell_rows.empty:
         lines += cell_metrics.section(cell_rows, results, primary_metric(results, manifest), where)
     if not results.empty:
-        lines += _per_domain_lines(run_dir, results, manifest, where)
-        lines += _patient_lines(run_dir, results, where)
+        patients = patient_comparison.read_patients(run_dir)
+        lines += _per_domain_lines(patients, results, manifest, where)
+        lines += _patient_lines(patients, run_dir, results, where)
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
 
 
-def _per_domain_lines(run_dir: Path, results: pd.DataFrame, manifest: dict, where: Provenance) -> list[str]:
+def _per_domain_lines(patients: pd.DataFrame, results: pd.DataFrame, manifest: dict, where: Provenance) -> list[str]:
     """Metrics that summarise a whole test set (a concordance, limits of agreement, a sensitivity) per test
     domain, with their CIs: Table 2 averages the other domains, and the per-patient table has only per-patient
     metrics."""
-    per_patient = set(patient_comparison.read_patients(run_dir)["metric"])
+    per_patient = set(patients["metric"])
     primary = primary_metric(results, manifest)
     rows = results[~results["metric"].isin(per_patient | {primary})]
     rows = rows[~rows["metric"].map(lambda m: is_ci_bound(m, {primary}))]
@@ -570,10 +571,9 @@ def _per_domain_lines(run_dir: Path, results: pd.DataFrame, manifest: dict, wher
     ]
 
 
-def _patient_lines(run_dir: Path, results: pd.DataFrame, where: Provenance) -> list[str]:
+def _patient_lines(patients: pd.DataFrame, run_dir: Path, results: pd.DataFrame, where: Provenance) -> list[str]:
     """Each setting against its baseline patient by patient, and the Bland–Altman plots of volume, from
     ``patients.csv`` (seed 003's tables and figures)."""
-    patients = patient_comparison.read_patients(run_dir)
     if patients.empty:
         return []
     lines = []

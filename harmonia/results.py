@@ -281,7 +281,7 @@ class RunFolder:
         """
         results = read_results(self.results_path, on_damage="drop")
         history = _read_history(self.history_path)
-        patients = _read_table(self.patients_path, PATIENT_COLUMNS, "per-patient values file")
+        patients = read_patient_values(self.patients_path)
         recorded = {
             (int(c["sweep_id"]), int(c["seed"]), str(c["train_domain"])): int(c["rows"])
             for c in self.read_manifest().get("cells", [])
@@ -360,6 +360,11 @@ def _history_columns(history: list[dict[str, Any]]) -> list[str]:
 def _read_history(path: Path) -> pd.DataFrame:
     """``history.csv`` (empty if absent); an InputError naming the file if it does not parse."""
     return _read_table(path, HISTORY_COLUMNS, "history file")
+
+
+def read_patient_values(path: Path) -> pd.DataFrame:
+    """``patients.csv`` (empty if absent); an InputError naming the file if it does not parse."""
+    return _read_table(path, PATIENT_COLUMNS, "per-patient values file")
 
 
 def _read_table(path: Path, columns: list[str], what: str) -> pd.DataFrame:

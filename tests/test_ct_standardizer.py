@@ -8,16 +8,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import SimpleITK as sitk
 import torch
 from pydicom.data import get_testdata_file
 
 from harmonia import cli, runner
-from harmonia.api import ImageSet, Task
+from harmonia.api import ImageSet, Task, TwinSettings
 from harmonia.protocol import load_cohort, split_seed
 from harmonia.recipe import load_recipe
 from harmonia.registry import default_registry
 from harmonia.splits import split_patients
 from harmonia.standardizer import checkpoint_sha256, load_standardizer
+from harmonia_plugins.cohorts.ct_recon import ReconCohort
 from harmonia_plugins.mitigations import ct_standardizer
 from harmonia_plugins.mitigations.ct_standardizer import CTStandardizer
 
@@ -144,6 +146,10 @@ def test_standardize_writes_a_derived_series_whose_hu_are_what_the_model_produce
     got = derived.pixel_array * float(derived.RescaleSlope) + float(derived.RescaleIntercept)
     assert np.abs(got - expected.numpy()).max() <= float(derived.RescaleSlope)
     assert list(derived.ImagePositionPatient) == list(original.ImagePositionPatient)
+    written_image, source_image = (sitk.ReadImage(str(p)) for p in (next((tmp_path / "out").rglob("*.dcm")), source))
+    assert np.allclose(written_image.GetOrigin(), source_image.GetOrigin())
+    assert np.allclose(written_image.GetSpacing(), source_image.GetSpacing())
+    assert np.abs(sitk.GetArrayFromImage(written_image)[0] - expected.numpy()).max() <= float(derived.RescaleSlope)
 
 
 def test_standardize_with_nothing_readable_is_exit_2_and_a_tampered_checkpoint_is_refused(checkpoint, tmp_path, capsys):
@@ -161,11 +167,6 @@ def test_standardize_with_nothing_readable_is_exit_2_and_a_tampered_checkpoint_i
 
 
 def test_standardize_a_twin_ct_series_keeps_its_geometry_for_simpleitk(checkpoint, tmp_path):
-    import SimpleITK as sitk
-
-    from harmonia.api import TwinSettings
-    from harmonia_plugins.cohorts.ct_recon import ReconCohort
-
     ReconCohort.write_twin(tmp_path / "twin", TwinSettings(patients=2, seed=0))
     series = next(p for p in sorted((tmp_path / "twin").rglob("FBP")) if p.is_dir() and any(p.glob("*.dcm")))
     assert cli.main(["standardize", str(checkpoint), str(series), "--out", str(tmp_path / "out")]) == 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch
 from pydantic import ValidationError
 
 import harmonia
-from harmonia.checkpoints import load_weights
+from harmonia.checkpoints import load_weights, save_weights
 from harmonia.errors import InputError, one_line
 from harmonia.results import atomic_write_text
 from harmonia.standardizer.training import Standardizer, StandardizerSettings, TrainingRecord
@@ -41,14 +40,7 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
 def save_standardizer(standardizer: Standardizer, path: str | Path) -> Path:
     """Write ``standardizer``'s generator and sidecar at ``path`` (folders made if missing); the ``.pt`` path."""
     weights, sidecar_path = checkpoint_files(path)
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in standardizer.generator.state_dict().items()}
-    tmp = weights.with_name(f".{weights.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, weights)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save_weights(standardizer.generator, weights)
     sidecar = {
         "format": FORMAT,
         "kind": KIND,

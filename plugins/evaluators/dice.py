@@ -50,15 +50,8 @@ class Dice(Evaluator):
 
     def per_patient(self, predictions: Predictions) -> np.ndarray:
         """Dice ``[patients, foreground classes]``, patients in sorted order; NaN where ``empty: skip`` left one out."""
+        predictions.check_label_maps("dice")
         predicted, targets, patients = predictions.predicted, predictions.targets, np.asarray(predictions.patients)
-        if predicted.shape != targets.shape:
-            raise ValueError(
-                f"dice: predicted {tuple(predicted.shape)} and targets {tuple(targets.shape)} differ in shape"
-            )
-        if len(patients) != len(targets) or len(targets) == 0:
-            raise ValueError(
-                f"dice: {len(targets)} items but {len(patients)} patient ids (need one per item, at least one)"
-            )
         k = self.task.num_classes
         for label, what in ((predicted, "predicted"), (targets, "targets")):
             if label.min() < 0 or label.max() >= k:

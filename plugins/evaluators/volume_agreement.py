@@ -92,15 +92,8 @@ class VolumeAgreement(Evaluator):
 
     def volumes(self, predictions: Predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Patients (sorted) and each one's predicted and reference volume over all of its items."""
+        predictions.check_label_maps("volume_agreement")
         predicted, targets, patients = predictions.predicted, predictions.targets, np.asarray(predictions.patients)
-        if predicted.shape != targets.shape:
-            raise ValueError(
-                f"volume_agreement: predicted {tuple(predicted.shape)} and targets {tuple(targets.shape)} differ"
-            )
-        if len(patients) != len(targets) or len(targets) == 0:
-            raise ValueError(
-                f"volume_agreement: {len(targets)} items but {len(patients)} patient ids (one per item, at least one)"
-            )
         names, inverse = np.unique(patients, return_inverse=True)
         scale = self.params.voxel_volume_ml or 1.0
         per_patient = [
