@@ -226,3 +226,9 @@ def fit_images(name: str, params: IntensityFitParams, train: ImageSet, target_tr
             f"domain with training data; use fit_on: source"
         )
     return torch.cat([train.images, target_train.images])
+
+
+def window_to_unit(images: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
+    """Native intensities (e.g. HU) clipped to ``window`` (low, high) and scaled linearly to [0, 1], as float."""
+    low, high = window
+    return (images.float().clamp(low, high) - low) / (high - low)

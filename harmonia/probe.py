@@ -28,6 +28,7 @@ from torch import nn
 
 from harmonia.api import Predictions, Task
 from harmonia.classification import scored_units
+from harmonia.intensity import window_to_unit
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +137,7 @@ def unit_scale(images: torch.Tensor, window: tuple[float, float] | None) -> torc
     absorb (but for the zero padding at the borders).
     """
     if window is not None:
-        low, high = window
-        return ((images - low) / (high - low)).clamp(0, 1)
+        return window_to_unit(images, window)
     flat = images.flatten(1)
     low, high = flat.min(1).values, flat.max(1).values
     shape = (-1,) + (1,) * (images.ndim - 1)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from harmonia.errors import TrainingDiverged
+from harmonia.intensity import window_to_unit
 from harmonia.seeding import derive_seed
 from harmonia.standardizer.network import Discriminator, Generator
 from harmonia.standardizer.perceptual import DEFAULT_LAYER, PerceptualLoss, check_layer
@@ -140,12 +141,6 @@ class TrainingRecord(StrictModel):
         return TrainingRecord(stages=(*self.stages, stage))
 
 
-def hu_to_unit(images: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
-    """HU clipped to ``window`` and scaled to [0, 1]."""
-    low, high = window
-    return (images.float().clamp(low, high) - low) / (high - low)
-
-
 def unit_to_hu(images: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     """[0, 1] (clipped) back to HU in ``window``."""
     low, high = window
@@ -183,7 +178,7 @@ class Standardizer:
         return torch.cat(out) if out else torch.empty(images.shape, dtype=torch.float32, device=images.device)
 
     def _apply_unit(self, hu: torch.Tensor) -> torch.Tensor:
-        return unit_to_hu(self.generator(hu_to_unit(hu, self.window)), self.window)
+        return unit_to_hu(self.generator(window_to_unit(hu, self.window)), self.window)
 
 
 def train_standardizer(
@@ -305,7 +300,7 @@ class PairedPatches:
     def _cut(self, images: torch.Tensor, corners: list[tuple[int, int, int]], device: torch.device) -> torch.Tensor:
         size = self.size
         patches = torch.stack([images[i, :, r : r + size, c : c + size] for i, r, c in corners])
-        return hu_to_unit(patches.to(device), self.window)
+        return window_to_unit(patches.to(device), self.window)
 
 
 class _StageLog:
