@@ -296,6 +296,9 @@ class Cohort(Plugin, ABC):
 
     kind: ClassVar[PluginKind] = "cohort"
     modality: ClassVar[str]
+    #: whether every patient is imaged in every domain (a reconstruction study), so that a patient's images pair
+    #: across domains; cross-vendor cohorts are not paired
+    paired: ClassVar[bool] = False
     #: one line on how to obtain the real dataset, shown when it is configured but missing
     obtain: ClassVar[str] = ""
     Params: ClassVar[type[Params]] = CohortParams
@@ -560,6 +563,18 @@ class Mitigation(Plugin):
     def __init__(self, params: Params, task: Task):
         self.params = params
         self.task = task
+
+    #: the cohort modalities ("CT", "MRI", "X-ray") the method is made for; None: any
+    modalities: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def unsuited_to(cls, params: Params, cohort: type[Cohort]) -> str | None:
+        """Why this mitigation with ``params`` cannot run on ``cohort`` (a plugin class), or None; checked when a
+        recipe is validated, so that a CT-only method on MRI fails before any training. Override to add reasons."""
+        modality = getattr(cohort, "modality", None)
+        if cls.modalities and modality not in cls.modalities:
+            return f"'{cls.name}' is made for {' or '.join(cls.modalities)}; cohort {cohort.name} is {modality}"
+        return None
 
     @classmethod
     def is_inactive(cls, params: Params) -> bool:

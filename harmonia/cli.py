@@ -1,4 +1,4 @@
-"""The ``harmonia`` command: run, list, validate, synth, report, augment-preview.
+"""The ``harmonia`` command: run, compare, list, validate, synth, report, augment-preview, standardize.
 
 Exit status: 0 success, 2 bad input (one line on stderr naming the file and what is wrong, no
 traceback), 1 internal error, 130 interrupted (finished cells are kept; ``run --resume`` goes on).
@@ -12,6 +12,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 from harmonia.errors import CellFailed, InputError, RunInterrupted
 
@@ -45,6 +46,32 @@ def build_parser() -> argparse.ArgumentParser:
     loudness.add_argument("--quiet", action="store_true", help="print only errors and the final table")
     loudness.add_argument("--verbose", action="store_true", help="also print a line per training epoch")
     run.add_argument("--debug", action="store_true", help="print the traceback when a cell fails")
+    add_execution_options(run)
+
+    compare = sub.add_parser(
+        "compare", help="rank every installed mitigation against the plain model on chosen cohorts (a leaderboard)"
+    )
+    compare.add_argument(
+        "--cohorts",
+        required=True,
+        type=_names,
+        metavar="A,B",
+        help="cohorts to rank on, of one task kind (e.g. mnms,ct_recon)",
+    )
+    compare.add_argument(
+        "--mitigations",
+        default="all",
+        metavar="all|A,B",
+        help="'all' (default): every installed mitigation, third-party ones too; or a comma-separated list",
+    )
+    compare.add_argument("--quick", action="store_true", help="small twins, models and schedules (minutes on a CPU)")
+    compare.add_argument("--probe", action="store_true", help="also score each method's remaining vendor signal")
+    compare.add_argument("--out", help="run folder (default runs/leaderboard/<timestamp>); resume it with run --resume")
+    compare.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    compare_loudness = compare.add_mutually_exclusive_group()
+    compare_loudness.add_argument("--quiet", action="store_true", help="print only errors and the final tables")
+    compare_loudness.add_argument("--verbose", action="store_true", help="also print a line per training epoch")
+    add_execution_options(compare)
 
     listing = sub.add_parser("list", help="list installed plugins, and those that failed to load with the reason")
     listing.add_argument("pattern", nargs="?", default="*", help="only names that match this glob, e.g. 'ct_*'")
@@ -94,6 +121,42 @@ def build_parser() -> argparse.ArgumentParser:
     standardize.add_argument("--overwrite", action="store_true", help="replace derived series already in --out")
     standardize.add_argument("--device", default="cpu", help="torch device to run the generator on (cpu, cuda)")
     return parser
+
+
+def add_execution_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers``, ``--executor`` and ``--ray-address``: where cells run (the recipe's ``execution:``, overridden)."""
+    parser.add_argument(
+        "--workers", type=_positive, metavar="N", help="run N cells side by side (local worker processes, or Ray CPUs)"
+    )
+    parser.add_argument("--executor", choices=["local", "ray"], help="local worker processes, or Ray (harmonia[ray])")
+    parser.add_argument(
+        "--ray-address", metavar="ADDRESS", help="a running Ray cluster ('auto' on a cluster node, 'ray://host:10001')"
+    )
+
+
+def execution_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The execution settings given on the command line (the rest come from the recipe)."""
+    given = {"workers": args.workers, "executor": args.executor, "ray_address": args.ray_address}
+    if args.ray_address and not args.executor:
+        given["executor"] = "ray"
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one")
+    return names
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,27 +235,62 @@ def _console_level(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harmonia import runner
-    from harmonia.progress import Progress, TerminalProgress
-    from harmonia.report import console_lines
-    from harmonia.tables import provenance
 
     if bool(args.recipe) == bool(args.resume):
         raise InputError("run: give either a RECIPE or --resume RUN_DIR")
     if args.resume and (args.overrides or args.out):
         raise InputError("run --resume: --set and --out do not apply; the run folder's recipe.yaml is used")
-    bar = sys.stderr.isatty() and not (args.quiet or args.verbose)
-    progress = TerminalProgress() if bar else Progress()
+    progress, execution = _progress(args), execution_overrides(args)
     if args.resume:
-        result = runner.resume(args.resume, progress=progress)
+        result = runner.resume(args.resume, progress=progress, execution=execution)
     else:
-        result = runner.run(args.recipe, args.overrides, args.out, progress=progress)
+        result = runner.run(args.recipe, args.overrides, args.out, progress=progress, execution=execution)
+    _print_results(result)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Build the leaderboard recipe, say which mitigations are left out and why, run it, print the ranking."""
+    import pandas as pd
+
+    from harmonia import leaderboard, runner
+    from harmonia.registry import default_registry
+
+    mitigations = None if args.mitigations.strip() == "all" else _names(args.mitigations)
+    recipe, skipped = leaderboard.leaderboard_recipe(
+        args.cohorts, mitigations, default_registry(), quick=args.quick, probe=args.probe
+    )
+    for reason in skipped:
+        logging.getLogger("harmonia").warning("leaving out %s", reason)
+    if len(recipe["sweep"]["mitigations"]) < 2:
+        raise InputError("compare: no mitigation is left to rank (see the reasons above)")
+    result = runner.run(recipe, args.overrides, args.out, progress=_progress(args), execution=execution_overrides(args))
+    _print_results(result)
+    overall = result.path / "leaderboard_overall.csv"
+    if overall.exists():
+        print("\nMean rank over the cohorts (best first; per-cohort ranks, CIs and verdicts in the report):")
+        print(pd.read_csv(overall).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    return EXIT_OK
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    """A bar over each cell's epochs on a terminal (unless --quiet or --verbose), else log lines only."""
+    from harmonia.progress import Progress, TerminalProgress
+
+    return TerminalProgress() if sys.stderr.isatty() and not (args.quiet or args.verbose) else Progress()
+
+
+def _print_results(result: Any) -> None:
+    """The run's console summary and where its folder and report are."""
+    from harmonia.report import console_lines
+    from harmonia.tables import provenance
+
     results = result.results
     print()
     print(f"Results ({provenance(results, result.manifest).label}):")
     for line in console_lines(results, result.manifest):
         print(line)
     print(f"\nrun folder: {result.path}  (report: {result.path / 'report.md'})")
-    return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -336,6 +434,7 @@ def cmd_standardize(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "compare": cmd_compare,
     "list": cmd_list,
     "validate": cmd_validate,
     "synth": cmd_synth,

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 
 if TYPE_CHECKING:
@@ -27,6 +26,8 @@ class DiceCrossEntropy(nn.Module):
     """MONAI's Dice + cross-entropy on softmax logits and integer label maps ``[N, *spatial]``, computed in float32."""
 
     def __init__(self) -> None:
+        from monai.losses import DiceCELoss  # MONAI takes seconds to import; only segmentation training needs it
+
         super().__init__()
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
 

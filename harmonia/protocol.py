@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
+import tempfile
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +31,7 @@ from harmonia import datasource, environment
 from harmonia.api import ALL_DOMAINS, CellView, Cohort, Evaluator, ImageSet, Metric, Mitigation, Model, Task
 from harmonia.checkpoints import CheckpointInfo, checkpoint_path, plugin_record, save_model
 from harmonia.engine import EpochRecord, Trainer, TrainResult, resolve_device
-from harmonia.errors import CellFailed, DataError, HarmoniaError, InputError, RecipeError, RunInterrupted, one_line
+from harmonia.errors import DataError, HarmoniaError, InputError, RecipeError, RunInterrupted, one_line
 from harmonia.progress import Progress
 from harmonia.recipe import CohortSpec, Experiment, PluginSpec, SweepPoint, incompatibility
 from harmonia.registry import Registry, default_registry
@@ -134,6 +137,41 @@ class CellOutcome:
     training: TrainResult
     record: dict[str, Any]
     patients: list[dict[str, Any]]
+
+
+@dataclass
+class CellDone:
+    """A computed cell as it travels back to the driver: its outcome, the files it made (``models/...``,
+    ``artifacts/...``, as bytes by path in the run folder) and how long it took."""
+
+    key: tuple[int, int, str]
+    outcome: CellOutcome
+    files: dict[str, bytes]
+    seconds: float
+
+
+def compute_cell(
+    cell: Cell, data: CohortData, registry: Registry, on_epoch: Callable[[EpochRecord], None] | None = None
+) -> CellDone:
+    """Run ``cell`` on ``data`` on its recipe's device, with its model and mitigation files made in a scratch folder
+    and returned, so that whichever process computes a cell, only the driver writes the run folder."""
+    started = time.perf_counter()
+    splits = split_patients(data.index, split_seed(cell.point, cell.seed), data.domains)
+    device = resolve_device(cell.point.recipe.train.device)
+    with tempfile.TemporaryDirectory(prefix="harmonia-cell-") as scratch:
+        root = Path(scratch)
+        outcome = run_cell(
+            cell,
+            data,
+            splits,
+            registry,
+            device,
+            on_epoch=on_epoch,
+            models_dir=root / "models",
+            artifacts_dir=root / "artifacts",
+        )
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return CellDone(cell.key, outcome, files, time.perf_counter() - started)
 
 
 def run_cell(
@@ -307,7 +345,7 @@ def manifest_header(experiment: Experiment, registry: Registry, device: torch.de
         "harmonia_version": harmonia.__version__,
         "harmonia_git_commit": environment.git_commit(Path(harmonia.__file__).parent),
         "recipe": experiment.name,
-        "recipe_sha256": recipe_fingerprint(experiment.resolved, harmonia.__version__),
+        "recipe_sha256": recipe_fingerprint(experiment.fingerprinted, harmonia.__version__),
         "plugins": used,
         "torch_version": torch.__version__,
         "libraries": environment.library_versions(),
@@ -354,7 +392,7 @@ def run_experiment(
         )
         try:
             with _torch_threads(experiment.points[0].recipe.train.threads):
-                _run_cells(experiment, folder, registry, device, progress)
+                _run_cells(experiment, folder, registry, progress)
         except KeyboardInterrupt:
             _mark(folder, status="interrupted")
             raise RunInterrupted(folder.path) from None
@@ -460,9 +498,11 @@ def preflight(point: SweepPoint, data: CohortData, registry: Registry) -> None:
         raise DataError(f"cohort {recipe.cohort.plugin}: {exc}") from None
 
 
-def _run_cells(
-    experiment: Experiment, folder: RunFolder, registry: Registry, device: torch.device, progress: Progress
-) -> None:
+def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, progress: Progress) -> None:
+    """Plan the cells, leave out those finished on disk, and have the run's executor compute the rest; each cell is
+    saved (and copied to the tracker) as it comes back."""
+    from harmonia.executors import make_executor  # the executors build on this module's cells
+
     cohorts: dict[str, CohortData] = {}
 
     def data_of(point: SweepPoint) -> CohortData:
@@ -478,33 +518,24 @@ def _run_cells(
     done = folder.load_finished()
     todo = [c for c in cells if c.key not in done]
     several_cohorts = len({p.recipe.cohort.name for p in experiment.points}) > 1
-    log.info("%d cells (%d already done)", len(cells), len(cells) - len(todo))
-    for number, cell in enumerate(todo, start=1):
-        data = data_of(cell.point)
-        splits = split_patients(data.index, split_seed(cell.point, cell.seed), data.domains)
+    tracker = _open_tracker(experiment, folder)
+    log.info("%d cells (%d already done)%s", len(cells), len(cells) - len(todo), _where(experiment))
+    clock = RunClock(len(todo))
+
+    def label(cell: Cell, number: int) -> str:
         cohort = f" {cell.point.recipe.cohort.name}" if several_cohorts else ""
-        label = (
+        return (
             f"[{number}/{len(todo)}] sweep {cell.point.id}{cohort} ({cell.point.recipe.mitigation_label()}) "
             f"seed {cell.seed} train {cell.train_domain}"
         )
-        progress.cell_started(label, cell.point.recipe.train.epochs)
-        try:
-            outcome = run_cell(
-                cell,
-                data,
-                splits,
-                registry,
-                device,
-                on_epoch=lambda e: progress.epoch_finished(e.epoch, e.train_loss, e.val_score),
-                models_dir=folder.models_path,
-                artifacts_dir=folder.path / "artifacts",
-            )
-        except (InputError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            raise CellFailed(
-                f"{_describe_cell(cell)} failed{_blame(exc, cell, registry)}: {one_line(exc)}", folder.path
-            ) from exc
+
+    def on_start(cell: Cell) -> Callable[[EpochRecord], None]:
+        progress.cell_started(label(cell, clock.finished + 1), cell.point.recipe.train.epochs)
+        return lambda e: progress.epoch_finished(e.epoch, e.train_loss, e.val_score)
+
+    def save(cell: Cell, computed: CellDone) -> None:
+        outcome = computed.outcome
+        folder.write_files(computed.files)
         history = [
             {
                 "epoch": e.epoch,
@@ -515,13 +546,73 @@ def _run_cells(
             }
             for e in outcome.training.history
         ]
-        rows, record = outcome.rows, outcome.training
+        rows = outcome.rows
+        record = {**outcome.record, "seconds": round(computed.seconds, 1)}
         folder.record_metrics(rows)  # first: the summary add_cell writes leaves cell-scope metrics out
-        folder.add_cell(cell.key, rows, history, outcome.record, outcome.patients)
+        folder.add_cell(cell.key, rows, history, record, outcome.patients)
+        if tracker is not None:
+            _sync(tracker)
+        clock.tick()
         primary = rows[0]["metric"] if rows else "?"
         same = [r["value"] for r in rows if r["metric"] == primary and r["test_domain"] == cell.train_domain]
-        detail = f": same-domain {primary} {same[0]:.3f}, epoch {record.selected_epoch} kept" if same else ": done"
-        progress.cell_finished(label + detail)
+        kept = outcome.training.selected_epoch
+        detail = f": same-domain {primary} {same[0]:.3f}, epoch {kept} kept" if same else ": done"
+        progress.cell_finished(f"{label(cell, clock.finished)}{detail} ({computed.seconds:.0f} s; {clock.status()})")
+
+    if tracker is not None:
+        tracker.sync()  # cells a resumed run finished before tracking was on, or before a crash
+    executor = make_executor(experiment.execution, registry, folder.path, data_of, on_start)
+    executor.run(todo, save)
+
+
+class RunClock:
+    """Elapsed time and the time left of a run, from the cells finished so far (any number at once)."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.started = total, 0, time.monotonic()
+
+    def tick(self) -> None:
+        self.finished += 1
+
+    def status(self) -> str:
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.finished * (self.total - self.finished) if self.finished else math.nan
+        eta = "done" if self.finished >= self.total else f"about {_duration(left)} left"
+        return f"run {_duration(elapsed)}, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _where(experiment: Experiment) -> str:
+    """How the cells will run, for the run's first line."""
+    execution = experiment.execution
+    if execution.executor == "ray":
+        return f", as Ray tasks ({execution.ray_address or 'a local Ray'})"
+    return f", {execution.workers} at a time in worker processes" if execution.workers > 1 else ""
+
+
+def _sync(tracker: Any) -> None:
+    """Copy the cells just saved to the tracker; a tracker that fails mid-run costs a warning, never the run (the run
+    folder has every figure, and the next sync, or ``--resume``, catches up)."""
+    try:
+        tracker.sync()
+    except InputError as exc:
+        log.warning("tracking: %s; the run goes on (the next cell, or --resume, copies what is missing)", exc)
+
+
+def _open_tracker(experiment: Experiment, folder: RunFolder) -> Any:
+    """The run's tracker when the recipe asks for one (``tracking:``), else None; imported only then."""
+    if experiment.tracking is None:
+        return None
+    from harmonia.tracking import open_tracker
+
+    return open_tracker(experiment.tracking, folder.path, experiment)
 
 
 def _record_cohort(folder: RunFolder, name: str, data: CohortData) -> None:
@@ -542,18 +633,28 @@ def _record_cohort(folder: RunFolder, name: str, data: CohortData) -> None:
         log.warning("cohort %s: %d unreadable file(s) skipped; see unreadable.csv", name, len(data.cohort.unreadable))
 
 
-def _describe_cell(cell: Cell) -> str:
+def describe_cell(cell: Cell) -> str:
     return f"cell (sweep {cell.point.id}, seed {cell.seed}, train {cell.train_domain})"
 
 
+def cell_failure_message(cell: Cell, exc: BaseException, registry: Registry) -> str:
+    """The one line a failed cell is reported with: which cell, the plugin the traceback ends in, and the error."""
+    return f"{describe_cell(cell)} failed{_blame(exc, cell, registry)}: {one_line(exc)}"
+
+
 def _blame(exc: BaseException, cell: Cell, registry: Registry) -> str:
-    """`` in mitigation 'dann'`` for the innermost traceback frame in one of the cell's plugin modules, else ''."""
-    modules = {
-        registry.get(kind, spec.plugin).cls.__module__: (kind, spec.plugin) for kind, spec in _plugin_specs(cell.point)
-    }
+    """`` in mitigation 'dann'`` for the innermost traceback frame in one of the cell's plugins, else ''.
+
+    A frame belongs to the plugin whose method it runs (its ``self``), else to the plugin whose module it is in;
+    one module may hold several plugins.
+    """
+    specs = [(kind, spec.plugin, registry.get(kind, spec.plugin).cls) for kind, spec in _plugin_specs(cell.point)]
+    modules = {cls.__module__: (kind, name) for kind, name, cls in specs}
     blamed = ""
     for frame, _ in traceback.walk_tb(exc.__traceback__):
-        owner = modules.get(frame.f_globals.get("__name__", ""))
+        instance = frame.f_locals.get("self")
+        owner = next(((kind, name) for kind, name, cls in specs if isinstance(instance, cls)), None)
+        owner = owner or modules.get(frame.f_globals.get("__name__", ""))
         if owner:
             blamed = f" in {owner[0]} '{owner[1]}'"
     return blamed

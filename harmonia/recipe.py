@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +26,7 @@ from harmonia.plugin_params import InvalidParams, key_path, validate_params
 from harmonia.registry import Registry, default_registry
 
 # TrainSpec lives below the engine (harmonia.settings); recipe users may still import it from here
-from harmonia.settings import TrainSpec
+from harmonia.settings import ExecutionSpec, TrackingSpec, TrainSpec
 from harmonia.strict import StrictModel
 
 #: most values a recipe may hold, counting every use of a YAML alias (an "alias bomb" expands exponentially)
@@ -35,6 +35,9 @@ MAX_RECIPE_VALUES = 100_000
 DEFAULT_MAX_SWEEP_POINTS = 1000
 #: most characters of a value echoed in an error message
 ECHO_LIMIT = 80
+
+#: recipe sections on how a run is carried out, not what it computes: outside the fingerprint, never swept
+RUN_ONLY_SECTIONS = ("execution", "tracking")
 
 SweepLimit = Annotated[int, Field(ge=1, strict=True)]
 _SWEEP_LIMIT = TypeAdapter(SweepLimit)
@@ -107,6 +110,13 @@ class Recipe(_Strict):
         DEFAULT_MAX_SWEEP_POINTS, description="refuse a sweep grid larger than this (a guard against typos)"
     )
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    tracking: TrackingSpec | None = Field(None, description="copy each cell's figures into a tracker (mlflow)")
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _backend_name(cls, value: Any) -> Any:
+        return {"backend": value} if isinstance(value, str) else value
 
     @field_validator("evaluate", mode="before")
     @classmethod
@@ -123,6 +133,10 @@ class Recipe(_Strict):
                 raise ValueError(f"sweep axis '{key}' has no values")
             if key == "sweep" or key.startswith("sweep."):
                 raise ValueError("a sweep cannot sweep itself")
+            if key.split(".")[0] in RUN_ONLY_SECTIONS:
+                raise ValueError(
+                    f"'{key}' says how the run is carried out, the same for every cell; it cannot be swept"
+                )
         return value
 
     def mitigation_label(self) -> str:
@@ -150,6 +164,31 @@ class Experiment:
     @property
     def name(self) -> str:
         return self.points[0].recipe.name
+
+    @property
+    def execution(self) -> ExecutionSpec:
+        return self.points[0].recipe.execution
+
+    @property
+    def tracking(self) -> TrackingSpec | None:
+        return self.points[0].recipe.tracking
+
+    @property
+    def fingerprinted(self) -> dict[str, Any]:
+        """The resolved recipe less :data:`RUN_ONLY_SECTIONS`: what decides the results, so what ``--resume`` compares."""
+        return {key: value for key, value in self.resolved.items() if key not in RUN_ONLY_SECTIONS}
+
+    def with_execution(self, changes: dict[str, Any]) -> Experiment:
+        """This experiment with its ``execution:`` settings changed (command-line flags); an InputError if they do not fit."""
+        if not changes:
+            return self
+        try:
+            execution = ExecutionSpec.model_validate({**self.execution.model_dump(), **changes})
+        except ValidationError as exc:
+            raise RecipeError(f"{self.source}: {_first_error(exc, ('execution',))}") from None
+        for point in self.points:
+            point.recipe.execution = execution
+        return replace(self, resolved={**self.resolved, "execution": execution.model_dump(mode="json")})
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved, sort_keys=False)
@@ -332,9 +371,15 @@ def validate_point(data: dict[str, Any], registry: Registry) -> Recipe:
 
 
 def _check_compatibility(recipe: Recipe, registry: Registry) -> None:
-    """Plugins that cannot work together (a segmentation model on a classification cohort, a 2-D model on 3-D crops...),
-    where the cohort declares its task on the class; else :func:`harmonia.protocol.preflight` checks once it is loaded."""
-    task = getattr(registry.get("cohort", recipe.cohort.plugin).cls, "task", None)
+    """Plugins that cannot work together (a segmentation model on a classification cohort, a 2-D model on 3-D crops,
+    a CT-only method on MRI...), where the cohort declares its task on the class; else
+    :func:`harmonia.protocol.preflight` checks once it is loaded."""
+    cohort = registry.get("cohort", recipe.cohort.plugin).cls
+    for i, spec in enumerate(recipe.mitigations):
+        reason = registry.get("mitigation", spec.plugin).cls.unsuited_to(spec.params_for_create, cohort)
+        if reason:
+            raise RecipeError(f"mitigations[{i}].plugin: {reason}")
+    task = getattr(cohort, "task", None)
     if not isinstance(task, Task):
         return
     problem = incompatibility(task, recipe.cohort.plugin, recipe.model, recipe.evaluate, registry)

@@ -223,6 +223,8 @@ class Registry:
         self.left_out: list[LeftOut] = []
         #: modules registered more than once: (name, why); harmless, but shown by `harmonia list`
         self.registered_twice: list[tuple[str, str]] = []
+        #: names of the modules registered by hand (:meth:`register`), which a worker process imports again
+        self.by_hand: list[str] = []
 
     # -- building ---------------------------------------------------------------------------
 
@@ -252,7 +254,9 @@ class Registry:
         an entry point) changes nothing. Whatever fails is recorded in :attr:`failures`.
         """
         module_name = getattr(module, "__name__", repr(module))
-        source = source or Source(module_name, "local", "-", "by hand")
+        if source is None:
+            source = Source(module_name, "local", "-", "by hand")
+            self.by_hand.append(module_name)
         self._register(module, source, (_short(module_name),))
 
     def _load(self, load: Callable[[], object], source: Source, names: tuple[str, ...]) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 from matplotlib.figure import Figure
 
-from harmonia import anatomy, cell_metrics, figures, patient_comparison, references, statistics
+from harmonia import anatomy, cell_metrics, figures, leaderboard, patient_comparison, references, statistics
 from harmonia.api import ALL_DOMAINS
 from harmonia.errors import InputError, one_line
 from harmonia.references import Reference
@@ -249,13 +249,18 @@ def _markdown_level_table(table: pd.DataFrame, info: MetricInfo, key: str) -> st
     frame[f"change in other-domain {m} (95% CI)"] = table["other"].map(_estimate_text)
     frame[f"change in same-domain {m} (95% CI)"] = table["same"].map(_estimate_text)
     frame["narrowing of the gap (95% CI)"] = table["narrowing"].map(_estimate_text)
-    frame["Holm p"] = table["p_adjusted"].map(
-        lambda p: "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
-    )
-    frame["verdict"] = [
-        f"{v}, but same-domain {m} got worse" if worse else v for v, worse in zip(table["verdict"], table["same_worse"])
-    ]
+    frame["Holm p"] = table["p_adjusted"].map(_p_cell)
+    frame["verdict"] = _verdict_cells(table["verdict"], table["same_worse"], m)
     return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _p_cell(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _verdict_cells(verdicts: pd.Series, same_worse: pd.Series, metric: str) -> list[str]:
+    """Each verdict, flagged where a narrowed gap came with a clearly worse same-domain value."""
+    return [f"{v}, but same-domain {metric} got worse" if worse else v for v, worse in zip(verdicts, same_worse)]
 
 
 def _undefined_lines(undefined: UndefinedValues, where: Provenance) -> list[str]:
@@ -498,8 +503,8 @@ def _figure_caption(name: str, metric: str, where: Provenance, reference: Refere
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` and ``figures/`` for ``run_dir`` and return the report's path."""
     run_dir = Path(run_dir)
-    results, manifest = read_run(run_dir)
-    results, cell_rows = split_scopes(results, manifest)
+    everything, manifest = read_run(run_dir)
+    results, cell_rows = split_scopes(everything, manifest)
     reference, unknown = read_reference(run_dir)
     where = provenance(results, manifest)
     lines = [f"# {manifest.get('recipe', run_dir.name)}: cross-scanner report ({where.label})", ""]
@@ -537,6 +542,7 @@ def write_report(run_dir: Path) -> Path:
     else:
         if count:
             lines += _undefined_lines(undefined, where)
+        lines += _leaderboard_lines(everything, metric_infos(results, manifest)[0], manifest, run_dir, where)
         lines += _metric_sections(results, manifest, run_dir, reference, where)
     if not cell_rows.empty:
         lines += cell_metrics.section(cell_rows, results, primary_metric(results, manifest), where)
@@ -547,6 +553,107 @@ def write_report(run_dir: Path) -> Path:
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def _leaderboard_lines(
+    rows: pd.DataFrame, info: MetricInfo, manifest: dict, run_dir: Path, where: Provenance
+) -> list[str]:
+    """The mitigation leaderboard of the primary metric, for a run comparing two or more settings with a plain
+    baseline, and its numbers in ``leaderboard.csv`` (per cohort and setting) and ``leaderboard_overall.csv``."""
+    if not leaderboard.compares_settings(rows, info.name):
+        return []
+    table = leaderboard.leaderboard_table(rows, manifest, info.name)
+    overall = leaderboard.overall_rank(table)
+    atomic_write_text(run_dir / "leaderboard.csv", table.to_csv(index=False))
+    atomic_write_text(run_dir / "leaderboard_overall.csv", overall.to_csv(index=False))
+    return [
+        f"## Mitigation leaderboard ({info.name})",
+        "",
+        f"**Each setting, the plain model included, ranked within its cohort by other-domain {info.name}, best "
+        f"first ({where.label}).**",
+        "",
+        _markdown_leaderboard(table, info, where.synthetic and where.real),
+        "",
+        f"**Mean rank of each setting over the cohorts it ran on ({where.label}).**",
+        "",
+        _markdown_overall(overall),
+        "",
+        *_leaderboard_notes(table, info),
+        "",
+    ]
+
+
+def _markdown_leaderboard(table: pd.DataFrame, info: MetricInfo, mixed: bool) -> str:
+    m = info.name
+    plain = table["verdict"] == leaderboard.PLAIN
+    frame = pd.DataFrame({"cohort": table["cohort"]})
+    if mixed:
+        frame["data"] = table["data"].map(lambda d: "SYNTHETIC" if d == "synthetic" else d)
+    frame["rank"] = table["rank"].map(lambda r: "n/a" if math.isnan(r) else f"{r:g}")
+    frame["setting"] = table["setting"]
+    frame[f"other-domain {m}"] = [_pm(a, b) for a, b in zip(table["other_mean"], table["other_sd"])]
+    frame[f"same-domain {m}"] = [_pm(a, b) for a, b in zip(table["same_mean"], table["same_sd"])]
+    gaps = zip(table["gap_change"], table["gap_change_low"], table["gap_change_high"])
+    frame["change in gap (95% CI)"] = ["—" if p else _change_text(*g) for p, g in zip(plain, gaps)]
+    frame["Holm p"] = ["—" if p else _p_cell(v) for p, v in zip(plain, table["p_holm"])]
+    frame["verdict"] = _verdict_cells(table["verdict"], table["same_worse"], m)
+    if table["probe_mean"].notna().any():
+        probe = table["probe_metric"].iloc[0]
+        frame[f"{probe} (vendor probe)"] = [_pm(a, b) for a, b in zip(table["probe_mean"], table["probe_sd"])]
+    if table["seconds_per_cell"].notna().any():
+        frame["s per cell"] = table["seconds_per_cell"].map(_seconds_text)
+    frame["seeds"] = table["seeds"].astype(str)
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _seconds_text(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "n/a"
+    return f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
+
+
+def _change_text(mean: float, low: float, high: float) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:+.3f} (no CI)" if math.isnan(low) else f"{mean:+.3f} ({low:+.3f} to {high:+.3f})"
+
+
+def _markdown_overall(overall: pd.DataFrame) -> str:
+    frame = pd.DataFrame(
+        {
+            "setting": overall["setting"],
+            "mean rank": overall["mean_rank"].map(lambda r: f"{r:.2f}"),
+            "sd of rank": overall["sd_rank"].map(lambda r: "n/a" if math.isnan(r) else f"{r:.2f}"),
+            "cohorts": overall["cohorts"].astype(str),
+        }
+    )
+    return frame.to_markdown(index=False, disable_numparse=True)
+
+
+def _leaderboard_notes(table: pd.DataFrame, info: MetricInfo) -> list[str]:
+    """How the leaderboard ranks and where its verdicts come from, and what its optional columns are."""
+    m = info.name
+    notes = [
+        f"Within each cohort (and each value of any other swept key) every setting is ranked by its other-domain {m} "
+        f"({info.direction}): each seed's mean over the training domains, then the mean over seeds; ties share the "
+        "average rank. What counts at deployment is accuracy on the other scanners; the change in gap beside it "
+        "(setting gap − plain gap, negative = narrower, with its paired 95% t interval over seeds) says whether a "
+        "method got there by closing the gap or by lifting both domains. The verdicts are those of the comparisons "
+        '("Did the mitigation narrow the gap?"): the paired CI over seeds and the Holm-adjusted p over every '
+        f"setting compared on {m}. The overall table averages each setting's ranks over the cohorts it ran on; its "
+        "sd is the spread between cohorts.",
+    ]
+    if table["probe_mean"].notna().any():
+        notes += [
+            "",
+            "The vendor probe column is the probe's score over all domains, mean ± sd over seeds (for an AUROC, 0.5 "
+            "means no vendor information left). `harmonia compare --probe` probes the images each method hands the "
+            "model (`input: transformed`), which a method acting only on training (augmentation, DANN) leaves as "
+            "the plain model's.",
+        ]
+    if table["seconds_per_cell"].notna().any():
+        notes += ["", "s per cell: the mean wall time of one (seed, training domain) cell of the setting."]
+    return notes + ["", "The numbers are in `leaderboard.csv` (per cohort and setting) and `leaderboard_overall.csv`."]
 
 
 def _per_domain_lines(patients: pd.DataFrame, results: pd.DataFrame, manifest: dict, where: Provenance) -> list[str]:

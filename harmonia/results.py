@@ -42,15 +42,18 @@ CellKey = tuple[int, int, str]
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old or the new file, never half of one.
+    """Write ``text`` (UTF-8) to ``path`` so that readers see either the old or the new file, never half of one."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
-    The temporary file is removed when writing fails (a full disk, a read-only folder).
-    """
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``; the temporary file is removed when
+    writing fails (a full disk, a read-only folder)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -272,6 +275,15 @@ class RunFolder:
 
     # -- results ----------------------------------------------------------------------------
 
+    def write_files(self, files: dict[str, bytes]) -> None:
+        """Write a cell's files (``models/...``, ``artifacts/...``: paths relative to the folder) atomically."""
+        for relative, data in files.items():
+            path = (self.path / relative).resolve()
+            if not path.is_relative_to(self.path.resolve()):
+                raise ValueError(f"{relative}: a cell's file must lie inside the run folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, data)
+
     def load_finished(self) -> set[CellKey]:
         """Read results and history back and return the cells that are complete on disk.
 
@@ -280,7 +292,7 @@ class RunFolder:
         crash, damaged by hand) are dropped with a warning, so that the cell is computed again.
         """
         results = read_results(self.results_path, on_damage="drop")
-        history = _read_history(self.history_path)
+        history = read_history(self.history_path)
         patients = read_patient_values(self.patients_path)
         recorded = {
             (int(c["sweep_id"]), int(c["seed"]), str(c["train_domain"])): int(c["rows"])
@@ -312,13 +324,11 @@ class RunFolder:
         new = pd.DataFrame([{c: format_value(r.get(c)) for c in self.columns} for r in rows], columns=self.columns)
         frame = new if self.results.empty else pd.concat([self.results, new], ignore_index=True)
         rank = domain_rank(frame)
-        self.results = frame.sort_values(
-            ["sweep_id", "seed", "train_domain", "test_domain"],
-            key=lambda c: c.map(rank) if c.name in ("train_domain", "test_domain") else c,
-            kind="stable",
-        ).reset_index(drop=True)
+        self.results = _in_cell_order(frame, rank, ["test_domain"])
         epochs = pd.DataFrame([{**dict(zip(CELL_KEY, key)), **h} for h in history], columns=_history_columns(history))
-        self.history = epochs if self.history.empty else pd.concat([self.history, epochs], ignore_index=True)
+        self.history = _in_cell_order(
+            epochs if self.history.empty else pd.concat([self.history, epochs], ignore_index=True), rank, ["epoch"]
+        )
         atomic_write_text(self.results_path, self.results.to_csv(index=False))
         cell_scope = self.read_manifest().get("metrics", {}).get("cell_scope", [])
         summary = summarize(self.results[~self.results["metric"].isin(cell_scope)], self.columns)
@@ -326,7 +336,8 @@ class RunFolder:
         atomic_write_text(self.history_path, self.history.to_csv(index=False))
         if patients:
             new_patients = pd.DataFrame(patients, columns=PATIENT_COLUMNS)
-            self.patients = new_patients if self.patients.empty else pd.concat([self.patients, new_patients])
+            frame = new_patients if self.patients.empty else pd.concat([self.patients, new_patients])
+            self.patients = _in_cell_order(frame, rank, [])
             atomic_write_text(self.patients_path, self.patients.to_csv(index=False))
         cells = self.read_manifest().get("cells", [])
         cells = [c for c in cells if (c["sweep_id"], c["seed"], c["train_domain"]) != key]
@@ -334,6 +345,16 @@ class RunFolder:
             cells=cells
             + [{"sweep_id": key[0], "seed": key[1], "train_domain": key[2], "rows": len(rows), **(record or {})}]
         )
+
+
+def _in_cell_order(frame: pd.DataFrame, rank: dict[str, int], then: list[str]) -> pd.DataFrame:
+    """``frame``'s rows by cell (sweep point, seed, training domain in the cohort's order), then by ``then``, so that
+    the files are the same whatever order the cells finished in (several workers)."""
+    return frame.sort_values(
+        CELL_KEY + then,
+        key=lambda c: c.map(rank) if c.name in ("train_domain", "test_domain") else c,
+        kind="stable",
+    ).reset_index(drop=True)
 
 
 def _stale(lock: Path) -> bool:
@@ -357,7 +378,7 @@ def _history_columns(history: list[dict[str, Any]]) -> list[str]:
     return HISTORY_COLUMNS + list(extras)
 
 
-def _read_history(path: Path) -> pd.DataFrame:
+def read_history(path: Path) -> pd.DataFrame:
     """``history.csv`` (empty if absent); an InputError naming the file if it does not parse."""
     return _read_table(path, HISTORY_COLUMNS, "history file")
 

@@ -51,9 +51,13 @@ def run(
     out: str | Path | None = None,
     registry: Registry | None = None,
     progress: Progress | None = None,
+    execution: dict[str, Any] | None = None,
 ) -> Run:
-    """Run a recipe (a YAML path or a mapping) into a new run folder and write its report."""
-    experiment = load_recipe(recipe, overrides, registry)
+    """Run a recipe (a YAML path or a mapping) into a new run folder and write its report.
+
+    ``execution`` overrides the recipe's ``execution:`` settings (``{"workers": 4}``); results do not depend on them.
+    """
+    experiment = load_recipe(recipe, overrides, registry).with_execution(execution or {})
     folder = Path(out) if out is not None else default_run_dir(experiment)
     if folder.is_dir() and any(folder.iterdir()):
         raise InputError(f"{folder}: the run folder already exists and is not empty (use --resume to finish it)")
@@ -61,12 +65,17 @@ def run(
     return Run(folder)
 
 
-def resume(run_dir: str | Path, registry: Registry | None = None, progress: Progress | None = None) -> Run:
-    """Finish the cells of ``run_dir`` that are missing, using the recipe saved in it."""
+def resume(
+    run_dir: str | Path,
+    registry: Registry | None = None,
+    progress: Progress | None = None,
+    execution: dict[str, Any] | None = None,
+) -> Run:
+    """Finish the cells of ``run_dir`` that are missing, using the recipe saved in it (``execution`` as in :func:`run`)."""
     folder = RunFolder(Path(run_dir), [])
     if not folder.recipe_path.is_file() or not folder.manifest_path.is_file():
         raise InputError(f"{run_dir}: not a harmonia run folder (no recipe.yaml and manifest.json)")
-    experiment = load_recipe(folder.recipe_path, (), registry)
+    experiment = load_recipe(folder.recipe_path, (), registry).with_execution(execution or {})
     _run_and_report(experiment, folder.path, registry, progress)
     return Run(folder.path)
 
@@ -77,9 +86,18 @@ def _run_and_report(experiment: Experiment, folder: Path, registry: Registry | N
         run_experiment(experiment, folder, registry, progress)
     except (CellFailed, RunInterrupted):
         if (folder / "results.csv").exists():
-            write_report(folder)
+            _report(experiment, folder)
         raise
+    _report(experiment, folder)
+
+
+def _report(experiment: Experiment, folder: Path) -> None:
+    """Write the report, and copy it to the tracker's run of the run folder when the recipe has one."""
     write_report(folder)
+    if experiment.tracking is not None:
+        from harmonia.tracking import open_tracker  # imported only when asked: the extra is optional
+
+        open_tracker(experiment.tracking, folder, experiment).log_report(folder)
 
 
 def list_plugins(kind: PluginKind | None = None, pattern: str = "*") -> list[Entry]:

@@ -46,3 +46,45 @@ class TrainSpec(StrictModel):
         if value not in ("auto", "cpu", "cuda", "mps") and not value.startswith("cuda:"):
             raise ValueError("must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return value
+
+
+class ExecutionSpec(StrictModel):
+    """How a run's cells are spread over processes or machines; never what they compute.
+
+    The recipe's ``execution:`` section (overridden by ``harmonia run --workers/--executor/--ray-address``)
+    validates into this. It is left out of the recipe's fingerprint, so a run started on one worker may be
+    finished on four, and it cannot be swept.
+    """
+
+    executor: Literal["local", "ray"] = Field(
+        "local", description="'local': worker processes on this machine; 'ray': Ray tasks (extra harmonia[ray])"
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        description="cells run side by side: local worker processes (1: in the harmonia process itself), or the "
+        "CPUs of a Ray that harmonia starts",
+    )
+    ray_address: str | None = Field(
+        None, description="a running Ray cluster to use ('auto', 'ray://host:10001'); none: start a local Ray"
+    )
+    cpus_per_cell: float = Field(1.0, gt=0, description="Ray: CPUs each cell asks for")
+    gpus_per_cell: float = Field(
+        0.0, ge=0, description="Ray: GPUs each cell asks for; a fraction (0.25) lets several small cells share a GPU"
+    )
+    retries: int = Field(
+        2, ge=0, description="times a cell whose worker process died (killed, out of memory) is started again"
+    )
+
+
+class TrackingSpec(StrictModel):
+    """Experiment tracking: a copy of the run folder's figures in a tracker (``tracking:`` in a recipe).
+
+    Like :class:`ExecutionSpec` it changes no result, so it is outside the recipe's fingerprint.
+    """
+
+    backend: Literal["mlflow"] = Field("mlflow", description="the tracker (extra harmonia[mlflow])")
+    uri: str | None = Field(
+        None, description="tracking URI (a server, 'sqlite:///...'); none: a SQLite store in the run folder"
+    )
+    experiment: str | None = Field(None, description="the tracker's experiment name; none: the recipe's name")

@@ -273,3 +273,27 @@ def test_first_error_is_one_line_without_pydantic_s_url():
     message = _first_error(info.value, ("train",))
     assert message == "train.epochs: Input should be greater than or equal to 1 (and 2 more errors)"
     assert "http" in str(info.value) and "http" not in message
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["mitigations=[{plugin: ct_standardizer}]"],
+            "mitigations[0].plugin: 'ct_standardizer' is made for CT; cohort mnms is MRI",
+        ),
+        (
+            ["cohort={plugin: ct_kidney}", "mitigations=[{plugin: ct_standardizer}]"],
+            "cohort ct_kidney is not paired: use mode: unpaired",
+        ),
+    ],
+)
+def test_a_mitigation_unsuited_to_the_cohort_is_refused_before_running(overrides, message):
+    with pytest.raises(RecipeError) as error:
+        load_recipe("recipes/mnms_dann.yaml", ["sweep={}", *overrides])
+    assert message in str(error.value)
+
+
+def test_a_paired_cohort_takes_the_paired_standardizer():
+    experiment = load_recipe("recipes/ct_standardizer.yaml")
+    assert any(s.plugin == "ct_standardizer" for p in experiment.points for s in p.recipe.mitigations)

@@ -7,6 +7,9 @@ The toy cohort's domain B has inverted, rescaled intensities, so a model trained
 from __future__ import annotations
 
 import math
+import os
+import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
@@ -322,6 +325,50 @@ class FailingMitigation(Mitigation):
         return None
 
 
+class KillParams(Params):
+    marker: str = Field(description="file whose absence means: kill the process that computes this cell")
+    driver_pid: int = Field(description="the process never killed (the test's own)")
+
+
+class KillWorker(Mitigation):
+    """SIGKILLs the worker process computing the first cell that reaches it (then leaves a marker file, so the
+    retried cell runs through), as a worker killed mid-run by the OOM killer would die."""
+
+    name = "kill_worker"
+    Params = KillParams
+
+    def build(self, model):
+        marker = Path(self.params.marker)
+        if not marker.exists() and os.getpid() != self.params.driver_pid:
+            marker.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return None
+
+
+class SlowParams(Params):
+    seconds: float = Field(0.5, ge=0)
+
+
+class SlowDown(Mitigation):
+    """Waits before training, so that a run lasts long enough to be interrupted from outside."""
+
+    name = "slow_down"
+    Params = SlowParams
+
+    def build(self, model):
+        time.sleep(self.params.seconds)
+        return None
+
+
+class BrokenCell(Mitigation):
+    """Raises an ordinary error in every cell (a bug in a plugin)."""
+
+    name = "broken_cell"
+
+    def build(self, model):
+        raise ValueError("this mitigation is broken on purpose")
+
+
 @hookimpl
 def harmonia_cohorts():
     return [ToyCohort]
@@ -339,4 +386,4 @@ def harmonia_evaluators():
 
 @hookimpl
 def harmonia_mitigations():
-    return [SpyMitigation, FailingMitigation, ScaleBatches, ShiftTestImages]
+    return [SpyMitigation, FailingMitigation, ScaleBatches, ShiftTestImages, KillWorker, SlowDown, BrokenCell]

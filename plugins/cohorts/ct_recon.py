@@ -270,6 +270,7 @@ class ReconCohort(Cohort):
 
     name = "ct_recon"
     modality = "CT"
+    paired = True
     obtain = OBTAIN
     Params = ReconParams
     params: ReconParams

@@ -36,7 +36,7 @@ import torch
 from pydantic import Field
 
 from harmonia import hookimpl
-from harmonia.api import ImageSet, Mitigation, Params, Task
+from harmonia.api import Cohort, ImageSet, Mitigation, Params, Task
 from harmonia.ct_degrade import DegradeSettings, degrade_batch
 from harmonia.standardizer import (
     GeneratorSpec,
@@ -79,6 +79,17 @@ class CTStandardizer(Mitigation):
 
     name = "ct_standardizer"
     Params = CTStandardizerParams
+    modalities = ("CT",)
+
+    @classmethod
+    def unsuited_to(cls, params: CTStandardizerParams, cohort: type[Cohort]) -> str | None:
+        reason = super().unsuited_to(params, cohort)
+        if reason is None and params.mode == "paired" and not cohort.paired:
+            reason = (
+                f"'ct_standardizer' in mode paired needs a cohort that images each patient in every domain (ct_recon); "
+                f"cohort {cohort.name} is not paired: use mode: unpaired"
+            )
+        return reason
 
     def __init__(self, params: CTStandardizerParams, task: Task):
         super().__init__(params, task)

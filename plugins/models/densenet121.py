@@ -27,7 +27,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from pydantic import Field
 from torch import nn
 
@@ -71,6 +70,8 @@ class DenseNet121(Model):
             raise InputError(
                 f"densenet121 needs 2-D images; this cohort's images are {task.spatial_dims}-D (use nodulex for 3-D crops)"
             )
+        import torchvision  # imported on use: seconds that building the plugin registry need not pay
+
         self.net = torchvision.models.densenet121(
             weights=None,
             num_classes=task.num_classes,

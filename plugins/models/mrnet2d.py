@@ -34,7 +34,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from pydantic import Field
 from torch import nn
 
@@ -121,6 +120,8 @@ def alexnet_stack(in_channels: int, width: float) -> tuple[nn.Sequential, int]:
     (58M parameters, unused here) would cost a quarter of a gigabyte and half a second to initialise. The
     convolutions are then initialised as torchvision leaves them (PyTorch's default), in layer order.
     """
+    import torchvision  # imported on use: seconds that building the plugin registry need not pay
+
     with torch.device("meta"):
         stack = torchvision.models.alexnet(weights=None).features
         c_in = in_channels

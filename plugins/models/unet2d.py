@@ -10,16 +10,17 @@ They are captured by forward hooks that live only for one call.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
-from monai.networks.layers import SkipConnection
-from monai.networks.nets import UNet
 from pydantic import Field, model_validator
 
 from harmonia import hookimpl
 from harmonia.api import Model, ModelOutput, Params, Task
 from harmonia.errors import InputError
+
+if TYPE_CHECKING:
+    from monai.networks.nets import UNet
 
 
 class UNet2DParams(Params):
@@ -58,6 +59,8 @@ class UNet2D(Model):
             raise InputError(f"unet2d does segmentation only; this cohort's task is {task.kind}")
         if task.spatial_dims != 2:
             raise InputError(f"unet2d needs 2-D images; this cohort's images are {task.spatial_dims}-D")
+        from monai.networks.nets import UNet  # imported on use: MONAI takes seconds to import, listing plugins none
+
         self.strides = tuple(params.strides or [2] * (len(params.channels) - 1))
         self.net = UNet(
             spatial_dims=2,
@@ -116,6 +119,8 @@ def _capture_into(captured: dict[str, torch.Tensor], name: str):
 
 def _down_layer_names(net: UNet) -> list[str]:
     """Names of MONAI's down layers, shallowest first: each ``SkipConnection``'s predecessor in its Sequential."""
+    from monai.networks.layers import SkipConnection
+
     names = []
     for name, m in net.named_modules():
         if isinstance(m, SkipConnection):
@@ -126,6 +131,8 @@ def _down_layer_names(net: UNet) -> list[str]:
 
 def _bottom_layer_name(net: UNet) -> str:
     """Name of the innermost SkipConnection's submodule: MONAI's bottom (bottleneck) layer."""
+    from monai.networks.layers import SkipConnection
+
     innermost = [
         name
         for name, m in net.named_modules()
