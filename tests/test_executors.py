@@ -71,6 +71,17 @@ def test_a_killed_worker_s_cells_are_computed_again(recipe, registry, tmp_path):
     assert "a worker process died" in _text(run.path, "harmonia.log")
 
 
+def test_ray_starts_a_killed_worker_s_cell_again(recipe, registry, tmp_path):
+    pytest.importorskip("ray")
+    marker = tmp_path / "killed"
+    recipe = _killing(recipe, marker)
+    run = runner.run(recipe, out=tmp_path / "run", registry=registry, execution={"executor": "ray", "workers": 2})
+    assert marker.exists() and int(marker.read_text()) != os.getpid()
+    reference = runner.run(recipe, out=tmp_path / "reference", registry=registry)
+    assert _text(run.path, "results.csv") == _text(reference.path, "results.csv")
+    assert len(json.loads(_text(run.path, "manifest.json"))["cells"]) == 8
+
+
 def test_without_retries_the_killed_cell_is_left_for_resume(recipe, registry, tmp_path):
     marker = tmp_path / "killed"
     recipe = _killing(recipe, marker)
