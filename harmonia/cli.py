@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_execution_options(parser: argparse.ArgumentParser) -> None:
-    """``--workers``, ``--executor`` and ``--ray-address``: where cells run (the recipe's ``execution:``, overridden)."""
+    """``--workers``, ``--executor``, ``--ray-address`` and ``--tracking-uri``: how cells run and where their figures
+    are copied (the recipe's ``execution:`` and ``tracking:``, overridden)."""
     parser.add_argument(
         "--workers", type=_positive, metavar="N", help="run N cells side by side (local worker processes, or Ray CPUs)"
     )
@@ -132,6 +133,16 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ray-address", metavar="ADDRESS", help="a running Ray cluster ('auto' on a cluster node, 'ray://host:10001')"
     )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="copy each cell's figures to this MLflow store or server (harmonia[mlflow]); sets tracking: mlflow",
+    )
+
+
+def tracking_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The tracking settings given on the command line (``--tracking-uri``), else none."""
+    return {"backend": "mlflow", "uri": args.tracking_uri} if args.tracking_uri else {}
 
 
 def execution_overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -240,11 +251,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError("run: give either a RECIPE or --resume RUN_DIR")
     if args.resume and (args.overrides or args.out):
         raise InputError("run --resume: --set and --out do not apply; the run folder's recipe.yaml is used")
-    progress, execution = _progress(args), execution_overrides(args)
+    progress, execution, tracking = _progress(args), execution_overrides(args), tracking_overrides(args)
     if args.resume:
-        result = runner.resume(args.resume, progress=progress, execution=execution)
+        result = runner.resume(args.resume, progress=progress, execution=execution, tracking=tracking)
     else:
-        result = runner.run(args.recipe, args.overrides, args.out, progress=progress, execution=execution)
+        result = runner.run(
+            args.recipe, args.overrides, args.out, progress=progress, execution=execution, tracking=tracking
+        )
     _print_results(result)
     return EXIT_OK
 
@@ -264,7 +277,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
         logging.getLogger("harmonia").warning("leaving out %s", reason)
     if len(recipe["sweep"]["mitigations"]) < 2:
         raise InputError("compare: no mitigation is left to rank (see the reasons above)")
-    result = runner.run(recipe, args.overrides, args.out, progress=_progress(args), execution=execution_overrides(args))
+    result = runner.run(
+        recipe,
+        args.overrides,
+        args.out,
+        progress=_progress(args),
+        execution=execution_overrides(args),
+        tracking=tracking_overrides(args),
+    )
     _print_results(result)
     overall = result.path / "leaderboard_overall.csv"
     if overall.exists():

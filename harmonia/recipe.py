@@ -178,17 +178,26 @@ class Experiment:
         """The resolved recipe less :data:`RUN_ONLY_SECTIONS`: what decides the results, so what ``--resume`` compares."""
         return {key: value for key, value in self.resolved.items() if key not in RUN_ONLY_SECTIONS}
 
-    def with_execution(self, changes: dict[str, Any]) -> Experiment:
-        """This experiment with its ``execution:`` settings changed (command-line flags); an InputError if they do not fit."""
-        if not changes:
-            return self
-        try:
-            execution = ExecutionSpec.model_validate({**self.execution.model_dump(), **changes})
-        except ValidationError as exc:
-            raise RecipeError(f"{self.source}: {_first_error(exc, ('execution',))}") from None
-        for point in self.points:
-            point.recipe.execution = execution
-        return replace(self, resolved={**self.resolved, "execution": execution.model_dump(mode="json")})
+    def with_run_settings(
+        self, execution: dict[str, Any] | None = None, tracking: dict[str, Any] | None = None
+    ) -> Experiment:
+        """This experiment with its ``execution:`` and ``tracking:`` settings changed (command-line flags such as
+        ``--workers`` and ``--tracking-uri``); a RecipeError if they do not fit. The results cannot change."""
+        experiment = self
+        for section, model, changes in (("execution", ExecutionSpec, execution), ("tracking", TrackingSpec, tracking)):
+            if not changes:
+                continue
+            current = getattr(experiment.points[0].recipe, section)
+            try:
+                settings = model.model_validate({**(current.model_dump() if current else {}), **changes})
+            except ValidationError as exc:
+                raise RecipeError(f"{self.source}: {_first_error(exc, (section,))}") from None
+            for point in experiment.points:
+                setattr(point.recipe, section, settings)
+            experiment = replace(
+                experiment, resolved={**experiment.resolved, section: settings.model_dump(mode="json")}
+            )
+        return experiment
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved, sort_keys=False)

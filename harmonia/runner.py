@@ -52,12 +52,14 @@ def run(
     registry: Registry | None = None,
     progress: Progress | None = None,
     execution: dict[str, Any] | None = None,
+    tracking: dict[str, Any] | None = None,
 ) -> Run:
     """Run a recipe (a YAML path or a mapping) into a new run folder and write its report.
 
-    ``execution`` overrides the recipe's ``execution:`` settings (``{"workers": 4}``); results do not depend on them.
+    ``execution`` and ``tracking`` override the recipe's sections of those names (``{"workers": 4}``,
+    ``{"uri": "http://mlflow:5000"}``); results do not depend on them.
     """
-    experiment = load_recipe(recipe, overrides, registry).with_execution(execution or {})
+    experiment = load_recipe(recipe, overrides, registry).with_run_settings(execution, tracking)
     folder = Path(out) if out is not None else default_run_dir(experiment)
     if folder.is_dir() and any(folder.iterdir()):
         raise InputError(f"{folder}: the run folder already exists and is not empty (use --resume to finish it)")
@@ -70,12 +72,14 @@ def resume(
     registry: Registry | None = None,
     progress: Progress | None = None,
     execution: dict[str, Any] | None = None,
+    tracking: dict[str, Any] | None = None,
 ) -> Run:
-    """Finish the cells of ``run_dir`` that are missing, using the recipe saved in it (``execution`` as in :func:`run`)."""
+    """Finish the cells of ``run_dir`` that are missing, using the recipe saved in it (``execution`` and ``tracking``
+    as in :func:`run`)."""
     folder = RunFolder(Path(run_dir), [])
     if not folder.recipe_path.is_file() or not folder.manifest_path.is_file():
         raise InputError(f"{run_dir}: not a harmonia run folder (no recipe.yaml and manifest.json)")
-    experiment = load_recipe(folder.recipe_path, (), registry).with_execution(execution or {})
+    experiment = load_recipe(folder.recipe_path, (), registry).with_run_settings(execution, tracking)
     _run_and_report(experiment, folder.path, registry, progress)
     return Run(folder.path)
 

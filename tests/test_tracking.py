@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from harmonia import runner
+from harmonia.cli import main
 from harmonia.errors import InputError
 from harmonia.recipe import Experiment, load_recipe
 from harmonia.results import read_results
@@ -237,3 +239,18 @@ def test_a_recipe_with_tracking_mlflow_logs_every_cell_and_the_report(registry, 
         (c["sweep_id"], c["seed"], c["train_domain"]) for c in manifest_cells(run_dir)
     }
     assert "report.md" in {a.path for a in tracker.client.list_artifacts(tracker.parent_id)}
+
+
+def test_the_tracking_uri_flag_turns_tracking_on_for_a_recipe_without_it(registry, toy_recipe, tmp_path):
+    recipe = tmp_path / "toy.yaml"
+    recipe.write_text(yaml.safe_dump(toy_recipe))
+    store = tmp_path / "shared" / "store.db"
+    store.parent.mkdir()
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out), "--quiet", "--tracking-uri", f"sqlite:///{store}"]) == 0
+    assert store.is_file() and not (out / "mlflow.db").exists()
+    experiment = load_recipe(out / "recipe.yaml", (), registry)
+    tracker = open_tracker(TrackingSpec(uri=f"sqlite:///{store}"), out, experiment)
+    assert set(children_by_cell(tracker)) == {
+        (c["sweep_id"], c["seed"], c["train_domain"]) for c in manifest_cells(out)
+    }
