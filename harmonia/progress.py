@@ -7,7 +7,9 @@ per-epoch lines), the command line adds a tqdm bar when its output is a terminal
 from __future__ import annotations
 
 import logging
+import math
 import sys
+import time
 from typing import Any
 
 log = logging.getLogger("harmonia.progress")
@@ -50,3 +52,27 @@ class TerminalProgress(Progress):
             self._bar.close()
             self._bar = None
         super().cell_finished(line)
+
+
+class RunClock:
+    """Elapsed time and the time left of a run, from the cells finished so far (any number at once)."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.started = total, 0, time.monotonic()
+
+    def tick(self) -> None:
+        self.finished += 1
+
+    def status(self) -> str:
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.finished * (self.total - self.finished) if self.finished else math.nan
+        eta = "done" if self.finished >= self.total else f"about {_duration(left)} left"
+        return f"run {_duration(elapsed)}, {eta}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

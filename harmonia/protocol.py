@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from harmonia.api import ALL_DOMAINS, CellView, Cohort, Evaluator, ImageSet, Met
 from harmonia.checkpoints import CheckpointInfo, checkpoint_path, plugin_record, save_model
 from harmonia.engine import EpochRecord, Trainer, TrainResult, resolve_device
 from harmonia.errors import DataError, HarmoniaError, InputError, RecipeError, RunInterrupted, one_line
-from harmonia.progress import Progress
+from harmonia.progress import Progress, RunClock
 from harmonia.recipe import CohortSpec, Experiment, PluginSpec, SweepPoint, incompatibility
 from harmonia.registry import Registry, default_registry
 from harmonia.results import RunFolder, atomic_write_text, now, recipe_fingerprint
@@ -563,30 +562,6 @@ def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, pr
         tracker.sync()  # cells a resumed run finished before tracking was on, or before a crash
     executor = make_executor(experiment.execution, registry, folder.path, data_of, on_start)
     executor.run(todo, save)
-
-
-class RunClock:
-    """Elapsed time and the time left of a run, from the cells finished so far (any number at once)."""
-
-    def __init__(self, total: int):
-        self.total, self.finished, self.started = total, 0, time.monotonic()
-
-    def tick(self) -> None:
-        self.finished += 1
-
-    def status(self) -> str:
-        elapsed = time.monotonic() - self.started
-        left = elapsed / self.finished * (self.total - self.finished) if self.finished else math.nan
-        eta = "done" if self.finished >= self.total else f"about {_duration(left)} left"
-        return f"run {_duration(elapsed)}, {eta}"
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _where(experiment: Experiment) -> str:

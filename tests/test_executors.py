@@ -19,6 +19,7 @@ from harmonia import runner
 from harmonia.cli import main
 from harmonia.errors import CellFailed, InputError
 from harmonia.executors import threads_per_cell
+from harmonia.progress import RunClock
 from harmonia.settings import ExecutionSpec
 
 TESTS = Path(__file__).parent
@@ -48,6 +49,9 @@ def test_workers_and_ray_write_the_sequential_results_byte_for_byte(recipe, regi
     cells = json.loads(_text(two.path, "manifest.json"))["cells"]
     assert len(cells) == 2 * 2 * 2  # points x seeds x training domains, each once
     assert all(cell["seconds"] >= 0 for cell in cells)
+    log = _text(two.path, "harmonia.log")
+    assert "[8/8] " in log and "done)" in log  # one progress line per cell, the last saying the run is done
+    assert "epoch 1: training loss" in log  # the workers' epoch lines reach the driver's log
 
 
 def _killing(recipe: dict, marker: Path) -> dict:
@@ -171,6 +175,20 @@ def test_a_killed_driver_s_run_resumes_to_the_uninterrupted_results(recipe, regi
     resumed = runner.resume(out, registry=registry, execution={"workers": 2})
     reference = runner.run(recipe, out=tmp_path / "reference", registry=registry)
     assert _text(resumed.path, "results.csv") == _text(reference.path, "results.csv")
+
+
+def test_the_run_clock_estimates_the_time_left_from_the_cells_finished(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    clock = RunClock(4)
+    assert clock.status() == "run 0m00s, about ? left"
+    now[0] += 30
+    clock.tick()
+    assert clock.status() == "run 0m30s, about 1m30s left"
+    now[0] += 3600
+    for _ in range(3):
+        clock.tick()
+    assert clock.status() == "run 1h00m, done"
 
 
 def test_threads_are_shared_out_among_the_workers(monkeypatch):
