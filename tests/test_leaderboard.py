@@ -11,6 +11,7 @@ import toy_plugins
 from test_statistics import table
 
 from harmonia import runner
+from harmonia.cli import main
 from harmonia.errors import InputError
 from harmonia.leaderboard import PLAIN, leaderboard_recipe, leaderboard_table, overall_rank
 from harmonia.recipe import load_recipe
@@ -258,3 +259,39 @@ def test_a_run_with_one_mitigation_setting_has_no_leaderboard(tmp_path):
     report = write_report(run).read_text()
     assert "## Did the mitigation narrow the gap?" in report
     assert "Mitigation leaderboard" not in report and not (run / "leaderboard.csv").exists()
+
+
+def test_the_compare_command_ranks_reports_and_resumes_like_a_run(registry, tmp_path, capsys):
+    registry.register(leaderboard_plugin)
+    out = tmp_path / "board"
+    tiny = [
+        "--set",
+        "cohorts.0.model={plugin: toynet, params: {width: 4}}",
+        "--set",
+        "train={epochs: 2, batch_size: 8, lr: 0.01, seeds: 2, threads: 1}",
+    ]
+    argv = ["compare", "--cohorts", "toy", "--mitigations", "batch_gain,scale_batches,needs_level", "--out", str(out)]
+    assert main([*argv, *tiny]) == 0
+    printed = capsys.readouterr().out
+    assert "leaving out needs_level: cannot run with its default parameters" in printed
+    assert "Mean rank over the cohorts" in printed
+    overall = pd.read_csv(out / "leaderboard_overall.csv")
+    assert set(overall["setting"]) == {"none", "batch_gain", "scale_batches"}
+    assert "## Mitigation leaderboard" in (out / "report.md").read_text()
+    results = (out / "results.csv").read_text()
+    assert main(["run", "--resume", str(out), "--quiet"]) == 0  # a leaderboard resumes like any run
+    assert (out / "results.csv").read_text() == results
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--cohorts", "mnms,ct_kidney"], "the cohorts are scored by different metrics"),
+        (["--cohorts", "mnms", "--mitigations", "dan"], "did you mean 'dann'?"),
+        (["--cohorts", "mnms", "--mitigations", "ct_standardizer"], "no mitigation is left to rank"),
+    ],
+)
+def test_the_compare_command_refuses_what_it_cannot_rank_with_one_line(argv, message, capsys):
+    assert main(["compare", "--quick", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
