@@ -76,7 +76,10 @@ def ensure_twin(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
     """Generate the twin into the cache unless an intact copy is already there; return its folder.
 
     The completion marker lists every file of the twin with its SHA-256; a cached twin whose
-    files no longer match (a damaged cache) is written again, with a warning.
+    files no longer match (a damaged cache) is written again, with a warning. Several processes
+    may write the same twin at once (worker processes or Ray tasks on one machine): the first to
+    finish puts its copy in place, and the others keep it rather than replace a folder that may be
+    being read (the twins are the same: the same settings and code write the same files).
     """
     folder = twin_folder(cohort_cls, twin)
     if (folder / COMPLETE_MARKER).exists():
@@ -92,8 +95,13 @@ def ensure_twin(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
         (tmp / COMPLETE_MARKER).write_text(
             json.dumps({"settings": twin.model_dump(), "files": _checksums(tmp)}, indent=1)
         )
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        if not _intact(folder):  # not finished meanwhile by another process
+            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                os.replace(tmp, folder)
+            except OSError:
+                if not _intact(folder):  # another process put its copy in place first
+                    raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

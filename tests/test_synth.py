@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
 from scipy import ndimage, optimize, stats
 from skimage.exposure import match_histograms
+from toy_plugins import ToyCohort
 
+from harmonia import datasource
 from harmonia.api import TwinSettings
 from harmonia.datasource import twin_folder
 from harmonia.synth import (
@@ -415,3 +419,24 @@ def test_a_simple_probe_names_the_mri_vendor_but_not_at_strength_zero():
 
 def test_components_constant_lists_every_signature_field():
     assert set(COMPONENTS) == set(ScannerSignature.model_fields)
+
+
+def test_a_twin_another_process_finished_first_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two workers writing one twin at once: the second to finish keeps the first's copy (it may be being read)."""
+    settings = TwinSettings(patients=3, seed=5)
+    monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "other"))
+    theirs = datasource.ensure_twin(ToyCohort, settings)  # what the other process wrote
+    monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "shared"))
+    folder = datasource.twin_folder(ToyCohort, settings)
+    marker = folder / datasource.COMPLETE_MARKER
+    write, placed = datasource.write_labelled_twin, []
+
+    def slower(cohort_cls, tmp, twin):
+        shutil.copytree(theirs, folder)  # the other process finishes while this one writes
+        placed.append(marker.stat().st_ino)
+        write(cohort_cls, tmp, twin)
+
+    monkeypatch.setattr(datasource, "write_labelled_twin", slower)
+    assert datasource.ensure_twin(ToyCohort, settings) == folder
+    assert marker.stat().st_ino == placed[0] and datasource._intact(folder)  # theirs kept, not replaced
+    assert sorted(p.name for p in folder.parent.iterdir()) == [folder.name]  # no temporary folder left
