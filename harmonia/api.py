@@ -719,6 +719,8 @@ class CellView:
     split: Callable[[str, Literal["train", "val", "test"]], ImageSet]
     transform: Callable[[torch.Tensor], torch.Tensor]
     features: Callable[[torch.Tensor], torch.Tensor]
+    #: the cohort's modality ("CT", "MRI", "X-ray"), for choices that depend on it (a CT intensity window)
+    modality: str | None = None
 
 
 class Evaluator(Plugin):

@@ -228,6 +228,10 @@ def fit_images(name: str, params: IntensityFitParams, train: ImageSet, target_tr
     return torch.cat([train.images, target_train.images])
 
 
+#: a broad CT window in HU, air to dense bone: keeps lung, soft tissue and bone apart on one scale
+BROAD_CT_WINDOW = (-1000.0, 1000.0)
+
+
 def window_to_unit(images: torch.Tensor, window: tuple[float, float]) -> torch.Tensor:
     """Native intensities (e.g. HU) clipped to ``window`` (low, high) and scaled linearly to [0, 1], as float."""
     low, high = window

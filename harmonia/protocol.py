@@ -313,6 +313,7 @@ def _cell_view(
         split=split,
         transform=trainer.stack.transform_images,
         features=trainer.features,
+        modality=data.cohort.modality,
     )
 
 

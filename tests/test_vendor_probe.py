@@ -3,6 +3,7 @@ cells whose domains differ by a known amount, and the evaluator end to end throu
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 from pathlib import Path
 
@@ -156,6 +157,18 @@ def test_a_window_clips_native_units_and_min_max_removes_an_affine_change():
     assert torch.allclose(unit_scale(affine(images, 1), None), unit_scale(images, None), atol=1e-5)
     with pytest.raises(ValidationError, match="low end must be below"):
         VendorProbeParams(window=(240.0, -160.0))
+
+
+def test_the_auto_window_is_the_broad_ct_window_on_ct_and_min_max_elsewhere():
+    hu = torch.tensor([[[[-3000.0, -1000.0, 0.0, 1000.0, 3000.0]]]])
+    auto = VendorProbe(VendorProbeParams(window="auto"), Task("classification", ("a", "b")))
+    cell = FakeCell()
+    min_max = [0, 1 / 3, 0.5, 2 / 3, 1]
+    for modality, expected in (("CT", [0, 0, 0.5, 1, 1]), ("MRI", min_max), (None, min_max)):
+        read = auto.read(replace(cell.view, modality=modality), hu, np.random.default_rng(0))
+        assert read.flatten().tolist() == pytest.approx(expected)
+    fixed = VendorProbe(VendorProbeParams(window=(-160.0, 240.0)), Task("classification", ("a", "b")))
+    assert fixed.window_for("MRI") == (-160.0, 240.0)  # a window given is used on every cohort
 
 
 # -- the evaluator on hand-made cells -------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from harmonia.errors import TrainingDiverged
-from harmonia.intensity import window_to_unit
+from harmonia.intensity import BROAD_CT_WINDOW, window_to_unit
 from harmonia.seeding import derive_seed
 from harmonia.standardizer.network import Discriminator, Generator
 from harmonia.standardizer.perceptual import DEFAULT_LAYER, PerceptualLoss, check_layer
@@ -74,7 +74,7 @@ class StandardizerSettings(StrictModel):
 
     generator: GeneratorSpec = Field(default_factory=GeneratorSpec)
     discriminator_features: int = Field(16, ge=1)
-    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+    hu_window: tuple[float, float] = BROAD_CT_WINDOW
     #: seed 003 uses 256; at least 16: the discriminator halves a patch 3 times, VGG19 pools it 4 times before conv5
     patch_size: int = Field(256, ge=16)
     batch_size: int = Field(4, ge=1)

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field
 
 from harmonia import hookimpl
 from harmonia.api import ALL_DOMAINS, CellView, Evaluator, Metric, Params
+from harmonia.intensity import BROAD_CT_WINDOW
 from harmonia.probe import (
     DomainScores,
     LinearProbe,
@@ -43,8 +44,8 @@ PROBED: dict[str, str] = {
 }
 
 
-def _rising(window: tuple[float, float] | None) -> tuple[float, float] | None:
-    if window is not None and not window[0] < window[1]:
+def _rising(window: tuple[float, float] | str | None) -> tuple[float, float] | str | None:
+    if isinstance(window, tuple) and not window[0] < window[1]:
         raise ValueError(f"the window's low end must be below its high end, got {list(window)}")
     return window
 
@@ -59,12 +60,13 @@ class VendorProbeParams(Params):
     epochs: int = Field(10, ge=1, le=1000, description="probe training epochs (the best on validation AUROC is kept)")
     lr: float = Field(5e-3, gt=0, description="Adam learning rate (seed 002: 5e-3)")
     batch_size: int = Field(32, ge=1, description="probe batch size (seed 002: 32)")
-    window: Annotated[tuple[float, float] | None, AfterValidator(_rising)] = Field(
+    window: Annotated[tuple[float, float] | Literal["auto"] | None, AfterValidator(_rising)] = Field(
         None,
         description="[low, high] in native units, clipped and scaled to [0, 1] (inputs raw and transformed): CT "
-        "recipes should set one, e.g. [-160, 240] HU, seed 002's level 40 / width 400; none: each image's own "
-        "min-max, which hides any per-image affine intensity change, as the engine's per-image z-score hides it "
-        "from the task model",
+        "recipes should set one, e.g. [-160, 240] HU, seed 002's level 40 / width 400; auto: the broad CT window "
+        f"{list(BROAD_CT_WINDOW)} HU on CT cohorts and each image's min-max on the others (for recipes whose "
+        "cohorts share one evaluator list); none: each image's own min-max, which hides any per-image affine "
+        "intensity change, as the engine's per-image z-score hides it from the task model",
     )
     bootstrap: int = Field(
         200,
@@ -134,7 +136,13 @@ class VendorProbe(Evaluator):
             return view.features(images)
         if self.params.input == "transformed":
             images = view.transform(images)
-        return probe_inputs(images, self.params.window, rng)
+        return probe_inputs(images, self.window_for(view.modality), rng)
+
+    def window_for(self, modality: str | None) -> tuple[float, float] | None:
+        """The window the probe clips to on a cohort of ``modality`` (``auto`` resolved; see the parameter)."""
+        if self.params.window != "auto":
+            return self.params.window
+        return BROAD_CT_WINDOW if modality == "CT" else None
 
     def make_probe(self, train: ProbeSet, domains: int) -> torch.nn.Module:
         if self.params.input == "features":

@@ -38,6 +38,7 @@ from pydantic import Field
 from harmonia import hookimpl
 from harmonia.api import Cohort, ImageSet, Mitigation, Params, Task
 from harmonia.ct_degrade import DegradeSettings, degrade_batch
+from harmonia.intensity import BROAD_CT_WINDOW
 from harmonia.standardizer import (
     GeneratorSpec,
     Standardizer,
@@ -61,7 +62,7 @@ class CTStandardizerParams(Params):
         default_factory=GeneratorSpec, description="generator width, depth and growth (Real-ESRGAN: 64, 23, 32)"
     )
     discriminator_features: int = Field(16, ge=1, description="width of the U-Net discriminator")
-    hu_window: tuple[float, float] = Field((-1000.0, 1000.0), description="HU window scaled to [0, 1] (clipped)")
+    hu_window: tuple[float, float] = Field(BROAD_CT_WINDOW, description="HU window scaled to [0, 1] (clipped)")
     patch_size: int = Field(64, ge=16, description="square patch side in pixels (seed 003: 256); at most the slice")
     batch_size: int = Field(4, ge=1, description="patches per step")
     stage1_steps: int = Field(200, ge=1, description="steps of stage 1 (L1 only)")
