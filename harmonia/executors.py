@@ -262,8 +262,11 @@ class _Outcomes:
             raise CellFailed(self.failure.message, self.run_dir)
         if self.lost:
             names = ", ".join(describe_cell(c) for c in self.lost[:3])
+            times = "once" if self.retries == 0 else f"{self.retries + 1} times"
             raise CellFailed(
-                f"{names}: the worker process died {self.retries + 1} times (killed, or out of memory?)", self.run_dir
+                f"{names}: the worker process died {times} (killed, or out of memory? from a Python "
+                f"script, workers need its `if __name__ == '__main__':` guard)",
+                self.run_dir,
             )
 
 
