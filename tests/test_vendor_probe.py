@@ -31,6 +31,7 @@ from harmonia.probe import (
 from harmonia.protocol import run_experiment
 from harmonia.recipe import load_recipe
 from harmonia.registry import Registry
+from harmonia.report import write_report
 from harmonia_plugins.evaluators import vendor_probe
 from harmonia_plugins.evaluators.vendor_probe import VendorProbe, VendorProbeParams
 
@@ -398,3 +399,25 @@ def test_the_shipped_recipe_validates_with_the_probe_registered():
         probe_spec = point.recipe.evaluate[1]
         assert (probe_spec.plugin, probe_spec.params["input"]) == ("vendor_probe", "raw")
         assert point.recipe.train.epochs == 1
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_feature_and_transformed_probes_sit_beside_each_setting_in_a_comparison(registry, toy_recipe, tmp_path):
+    toy_recipe["train"]["seeds"] = 2
+    toy_recipe["sweep"] = {
+        "mitigations": [[], [{"plugin": "scale_batches", "params": {"factor": 0.5}}], [{"plugin": "dann"}]],
+        "evaluate": [
+            ["pixel_accuracy", {"plugin": "vendor_probe", "params": {"input": mode, "epochs": 1, "bootstrap": 0}}]
+            for mode in ("features", "transformed")
+        ],
+    }
+    folder = run_experiment(load_recipe(toy_recipe, registry=registry), tmp_path / "run", registry=registry)
+    write_report(folder.path)
+    results = pd.read_csv(folder.results_path)
+    auroc = results[(results["metric"] == "probe_auroc") & (results["test_domain"] == "all")]
+    assert len(auroc) == 3 * 2 * 2 * 2  # settings x probe modes x seeds x training domains
+    report = (folder.path / "report.md").read_text()
+    whole_cell = report.split("## Whole-cell metrics")[1].split("\n## ")[0]
+    assert all(f"| {setting}" in whole_cell for setting in ("none", "scale_batches", "dann"))
+    board = report.split("## Mitigation leaderboard")[1].split("\n## ")[0]
+    assert "probe_auroc" in board
