@@ -231,9 +231,14 @@ def _paper_notes(reference: Reference, metric: str, where: Provenance) -> list[s
 def _estimate_text(e: statistics.Estimate | None) -> str:
     if e is None or e.n == 0:
         return "n/a"
-    if math.isnan(e.low):
-        return f"{e.mean:+.3f} (n = {e.n}, no CI)"
-    return f"{e.mean:+.3f} ({e.low:+.3f} to {e.high:+.3f})"
+    return _interval_text(e.mean, e.low, e.high, f"n = {e.n}, ")
+
+
+def _interval_text(mean: float, low: float, high: float, count: str = "") -> str:
+    """``+0.012 (-0.010 to +0.034)``, or ``+0.012 (no CI)`` when there is no interval (``count`` goes before it)."""
+    if math.isnan(mean):
+        return "n/a"
+    return f"{mean:+.3f} ({count}no CI)" if math.isnan(low) else f"{mean:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 def _level_text(level: float) -> str:
@@ -594,7 +599,7 @@ def _markdown_leaderboard(table: pd.DataFrame, info: MetricInfo, mixed: bool) ->
     frame[f"other-domain {m}"] = [_pm(a, b) for a, b in zip(table["other_mean"], table["other_sd"])]
     frame[f"same-domain {m}"] = [_pm(a, b) for a, b in zip(table["same_mean"], table["same_sd"])]
     gaps = zip(table["gap_change"], table["gap_change_low"], table["gap_change_high"])
-    frame["change in gap (95% CI)"] = ["—" if p else _change_text(*g) for p, g in zip(plain, gaps)]
+    frame["change in gap (95% CI)"] = ["—" if p else _interval_text(*g) for p, g in zip(plain, gaps)]
     frame["Holm p"] = ["—" if p else _p_cell(v) for p, v in zip(plain, table["p_holm"])]
     frame["verdict"] = _verdict_cells(table["verdict"], table["same_worse"], m)
     if table["probe_mean"].notna().any():
@@ -610,12 +615,6 @@ def _seconds_text(seconds: float) -> str:
     if math.isnan(seconds):
         return "n/a"
     return f"{seconds:.1f}" if seconds < 10 else f"{seconds:.0f}"
-
-
-def _change_text(mean: float, low: float, high: float) -> str:
-    if math.isnan(mean):
-        return "n/a"
-    return f"{mean:+.3f} (no CI)" if math.isnan(low) else f"{mean:+.3f} ({low:+.3f} to {high:+.3f})"
 
 
 def _markdown_overall(overall: pd.DataFrame) -> str:
