@@ -314,6 +314,20 @@ def test_fields_are_normalised_and_seeded():
     assert textured_noise((64, 64), 1.5, rng(0)).std() == pytest.approx(1.0, rel=1e-3)
 
 
+@pytest.mark.parametrize("shape", [(40, 50, 30), (9, 96, 64), (77, 5)])
+def test_smooth_field_is_the_cubic_spline_zoom_of_its_coarse_grid(shape):
+    """The separable evaluation equals n-D ``ndimage.zoom`` of the same coarse draws (up to float rounding)."""
+    from scipy import ndimage
+
+    field = smooth_field(shape, 0.3, np.random.default_rng(7), spacing=1.5)
+    coarse = np.random.default_rng(7).standard_normal(
+        tuple(max(2, int(np.ceil(n / (0.3 * max(shape)))) + 1) for n in shape)
+    )
+    zoomed = ndimage.zoom(coarse, [n / c for n, c in zip(shape, coarse.shape)], order=3, mode="nearest")
+    zoomed -= zoomed.mean()
+    np.testing.assert_allclose(field, zoomed / np.abs(zoomed).max(), atol=1e-6)
+
+
 def test_volumes_are_acquired_like_slices():
     tissues = np.zeros((24, 32, 32), np.int64)
     tissues[4:20, 8:24, 8:24] = 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
@@ -38,11 +39,27 @@ def smooth_field(
     extent = np.asarray(shape) * axis_spacing(spacing, len(shape))
     node_distance = scale * extent.max()
     nodes = tuple(max(2, math.ceil(e / node_distance) + 1) for e in extent)
-    coarse = rng.standard_normal(nodes)
-    field = ndimage.zoom(coarse, [n / c for n, c in zip(shape, nodes)], order=3, mode="nearest").astype(np.float32)
+    field = rng.standard_normal(nodes)
+    for axis, n in enumerate(shape):
+        field = np.moveaxis(np.tensordot(_cubic_zoom_operator(nodes[axis], n), field, axes=(1, axis)), 0, axis)
+    field = field.astype(np.float32)
     field -= field.mean()
     peak = np.abs(field).max()
     return field / peak if peak > 0 else field
+
+
+@lru_cache(maxsize=128)
+def _cubic_zoom_operator(nodes: int, size: int) -> np.ndarray:
+    """The ``size x nodes`` matrix of ``ndimage.zoom(..., order=3, mode="nearest")`` from ``nodes`` values to ``size``.
+
+    Cubic-spline zoom is linear and separable, so applying this matrix along each axis in turn
+    gives the n-D zoom (equal to float64 rounding) at a fraction of its cost: the n-D zoom sums
+    4**ndim spline taps per output voxel, the matrices 4 per axis.
+    """
+    basis = np.eye(nodes)
+    operator = np.stack([ndimage.zoom(column, size / nodes, order=3, mode="nearest") for column in basis], axis=1)
+    operator.setflags(write=False)
+    return operator
 
 
 def textured_noise(
