@@ -83,7 +83,7 @@ def ensure_twin(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
     """
     folder = twin_folder(cohort_cls, twin)
     if (folder / COMPLETE_MARKER).exists():
-        if _intact(folder):
+        if is_intact(folder):
             return folder
         log.warning("the cached %s twin in %s is damaged; writing it again", cohort_cls.name, folder)
     log.info("no real %s data configured; writing its SYNTHETIC twin to %s", cohort_cls.name, folder)
@@ -95,12 +95,12 @@ def ensure_twin(cohort_cls: type[Cohort], twin: TwinSettings) -> Path:
         (tmp / COMPLETE_MARKER).write_text(
             json.dumps({"settings": twin.model_dump(), "files": _checksums(tmp)}, indent=1)
         )
-        if not _intact(folder):  # not finished meanwhile by another process
+        if not is_intact(folder):  # not finished meanwhile by another process
             shutil.rmtree(folder, ignore_errors=True)
             try:
                 os.replace(tmp, folder)
             except OSError:
-                if not _intact(folder):  # another process put its copy in place first
+                if not is_intact(folder):  # another process put its copy in place first
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,7 +116,7 @@ def _checksums(folder: Path) -> dict[str, str]:
     }
 
 
-def _intact(folder: Path) -> bool:
+def is_intact(folder: Path) -> bool:
     """Whether the twin in ``folder`` still holds exactly the files its completion marker lists."""
     try:
         recorded = json.loads((folder / COMPLETE_MARKER).read_text()).get("files")

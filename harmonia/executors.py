@@ -34,7 +34,10 @@ from typing import Any
 
 import torch
 
+from harmonia import datasource
+from harmonia.api import Cohort, TwinSettings
 from harmonia.errors import CellFailed, InputError, one_line
+from harmonia.paths import data_home
 from harmonia.protocol import (
     Cell,
     CellDone,
@@ -44,7 +47,7 @@ from harmonia.protocol import (
     describe_cell,
     load_cohort,
 )
-from harmonia.recipe import SweepPoint, validate_point
+from harmonia.recipe import CohortSpec, SweepPoint, validate_point
 from harmonia.registry import FIRST_PARTY_MODULES, Registry
 from harmonia.settings import ExecutionSpec
 
@@ -184,15 +187,30 @@ def _log_epoch(label: str, epoch: Any) -> None:
     log.debug("  %s epoch %d: training loss %.4f%s", label, epoch.epoch, epoch.train_loss, score)
 
 
-def _start_worker(driver: int, records: Any, level: int) -> None:
-    """A local worker's set-up: Ctrl-C is the driver's to handle, log records go to the driver, and the worker
-    exits when the driver is gone (SIGKILLed), instead of computing cells nobody will save."""
+def _start_worker(driver: int, records: Any, level: int, environment: dict[str, str]) -> None:
+    """A local worker's set-up: the driver's harmonia settings, Ctrl-C is the driver's to handle, log records go to
+    the driver, and the worker exits when the driver is gone (SIGKILLed), instead of computing cells nobody will
+    save."""
+    adopt_environment(environment)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logger = logging.getLogger("harmonia")
     logger.handlers[:] = [logging.handlers.QueueHandler(records)]
     logger.setLevel(level)
     logger.propagate = False
     threading.Thread(target=_exit_with, args=(driver,), daemon=True).start()
+
+
+def harmonia_environment() -> dict[str, str]:
+    """The driver's environment variables that steer harmonia (``HARMONIA_*``: cache, data, salt; the XDG cache)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("HARMONIA_") or k == "XDG_CACHE_HOME"}
+
+
+def adopt_environment(environment: dict[str, str]) -> None:
+    """Make this worker's harmonia settings the driver's: a forkserver keeps the environment it started with, which
+    an API user may have changed since (another ``HARMONIA_CACHE`` for the next run)."""
+    for key in harmonia_environment().keys() - environment.keys():
+        del os.environ[key]
+    os.environ.update(environment)
 
 
 def _exit_with(driver: int) -> None:
@@ -332,7 +350,7 @@ class LocalPoolExecutor:
             self.execution.workers,
             mp_context=context,
             initializer=_start_worker,
-            initargs=(os.getpid(), records, level),
+            initargs=(os.getpid(), records, level, harmonia_environment()),
         )
 
 
@@ -414,6 +432,37 @@ def _import_ray() -> Any:
         return importlib.import_module("ray")
     except ImportError:
         raise InputError("execution.executor: ray is not installed; pip install 'harmonia[ray]'") from None
+
+
+def write_twins_side_by_side(specs: list[CohortSpec], registry: Registry, execution: ExecutionSpec) -> None:
+    """Write the synthetic twins a run with local workers needs and the cache lacks, ``execution.workers`` at a time.
+
+    The twins are those the driver would write one by one (same settings, same code, same files); the driver then
+    finds them in the cache. A twin that fails here is left to the driver, which writes it again and reports the
+    error as a sequential run does.
+    """
+    if execution.executor != "local" or execution.workers < 2 or data_home() is not None:
+        return
+    missing: dict[Path, tuple[type[Cohort], TwinSettings]] = {}
+    for spec in specs:
+        cls = registry.get("cohort", spec.plugin).cls
+        folder = datasource.twin_folder(cls, spec.synthetic)
+        if spec.root is None and not datasource.is_intact(folder):
+            missing[folder] = (cls, spec.synthetic)
+    if len(missing) < 2:
+        return
+    names = ", ".join(cls.name for cls, _ in missing.values())
+    log.info("writing %d SYNTHETIC twins, %d at a time: %s", len(missing), execution.workers, names)
+    with ProcessPoolExecutor(
+        min(execution.workers, len(missing)),
+        mp_context=_start_method(),
+        initializer=adopt_environment,
+        initargs=(harmonia_environment(),),
+    ) as pool:
+        futures = [pool.submit(datasource.ensure_twin, cls, twin) for cls, twin in missing.values()]
+        for future in futures:
+            if future.exception() is not None:
+                log.debug("a twin written side by side failed; the driver writes it: %s", one_line(future.exception()))
 
 
 def make_executor(

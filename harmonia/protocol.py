@@ -501,7 +501,7 @@ def preflight(point: SweepPoint, data: CohortData, registry: Registry) -> None:
 def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, progress: Progress) -> None:
     """Plan the cells, leave out those finished on disk, and have the run's executor compute the rest; each cell is
     saved (and copied to the tracker) as it comes back."""
-    from harmonia.executors import make_executor  # the executors build on this module's cells
+    from harmonia.executors import make_executor, write_twins_side_by_side  # they build on this module's cells
 
     cohorts: dict[str, CohortData] = {}
 
@@ -512,6 +512,7 @@ def _run_cells(experiment: Experiment, folder: RunFolder, registry: Registry, pr
             _record_cohort(folder, point.recipe.cohort.name, data)
         return cohorts[key]
 
+    write_twins_side_by_side([p.recipe.cohort for p in experiment.points], registry, experiment.execution)
     for point in experiment.points:
         preflight(point, data_of(point), registry)
     cells = plan_cells(experiment, lambda point: point.recipe.cohort.train_domains or data_of(point).domains)

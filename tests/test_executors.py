@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -228,3 +229,35 @@ def test_bad_execution_flags_exit_2(argv, message, capsys):
     assert main(["run", "recipes/mnms_dann.yaml", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_twins_are_written_side_by_side_as_the_driver_would_write_them(tmp_path, monkeypatch, caplog):
+    from harmonia import datasource
+    from harmonia.api import TwinSettings
+    from harmonia.executors import _start_method, write_twins_side_by_side
+    from harmonia.recipe import CohortSpec
+    from harmonia.registry import default_registry
+
+    registry = default_registry()
+    specs = [CohortSpec(plugin=name, synthetic={"patients": 2}) for name in ("xray_chest", "mri_prostate")]
+    monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "stale"))
+    with ProcessPoolExecutor(1, mp_context=_start_method()) as pool:  # a forkserver that knows the stale cache
+        pool.submit(os.getpid).result()
+    monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "side"))
+    with caplog.at_level("INFO", logger="harmonia"):
+        write_twins_side_by_side(specs, registry, ExecutionSpec(workers=2))
+    assert "writing 2 SYNTHETIC twins, 2 at a time: xray_chest, mri_prostate" in caplog.text
+    side = [datasource.twin_folder(registry.get("cohort", s.plugin).cls, s.synthetic) for s in specs]
+    assert all(datasource.is_intact(folder) for folder in side)
+    assert not (tmp_path / "stale").exists()  # the workers wrote where the driver's settings say, not the server's
+
+    monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "driver"))
+    for spec, folder in zip(specs, side):
+        driver = datasource.ensure_twin(registry.get("cohort", spec.plugin).cls, TwinSettings(patients=2))
+        marker = datasource.COMPLETE_MARKER
+        assert json.loads((driver / marker).read_text()) == json.loads((folder / marker).read_text())
+
+    caplog.clear()  # one worker, or nothing missing: the driver writes (or finds) them itself
+    write_twins_side_by_side(specs, registry, ExecutionSpec(workers=1))
+    write_twins_side_by_side(specs, registry, ExecutionSpec(workers=2))
+    assert "SYNTHETIC twins" not in caplog.text

@@ -93,3 +93,7 @@ def test_the_appendix_recipes_sweep_the_papers_grid_with_level_0_as_baseline(bar
     assert all(p.recipe.train.seeds == 3 for p in experiment.points)
     baselines = [p.values[key] for p in experiment.points if p.recipe.mitigation_label() == "none"]
     assert baselines == [0] * len(cohorts)
+    # the appendix runs use the study's calibrated twins (docs/synthetic.md), so they reuse its cached twins
+    table2 = load_recipe(RECIPES_DIR / "paper_table2.yaml", registry=bare_install)
+    study_twin = {p.recipe.cohort.plugin: p.recipe.cohort.synthetic for p in table2.points}
+    assert all(p.recipe.cohort.synthetic == study_twin[p.recipe.cohort.plugin] for p in experiment.points)

@@ -57,7 +57,8 @@ class ModalityDefaults(BaseModel):
 #: compressed, arbitrary intensity scale (transfer gain), coil-sensitivity bias, k-space matrix (blur and
 #: ringing), noise level and its parallel-imaging variation across the image. X-ray moderately: detector
 #: sharpness and noise, processing tone curve (transfer), exposure, heel effect. CT is calibrated in HU:
-#: reconstruction kernel (sharpness, noise texture), dose (noise level), offsets of a few HU.
+#: reconstruction kernel (sharpness, noise texture), dose (noise level), offsets of a few HU. The X-ray and CT
+#: spreads are calibrated so the study twins' drops follow the scanner-shift study (docs/synthetic.md).
 MODALITY_DEFAULTS: dict[str, ModalityDefaults] = {
     "MRI": ModalityDefaults(
         neutral=ScannerSignature(psf=Psf(sigma=0.6), noise=Noise(level=0.02, correlation=0.4, rician=True)),
@@ -78,29 +79,29 @@ MODALITY_DEFAULTS: dict[str, ModalityDefaults] = {
     "X-ray": ModalityDefaults(
         neutral=ScannerSignature(psf=Psf(sigma=0.7), noise=Noise(level=0.015, correlation=0.5)),
         spread=VendorSpread(
-            contrast_log_slope=0.15,
-            psf_log_sigma=0.3,
-            noise_log_level=0.4,
-            noise_log_correlation=0.3,
-            bias_amplitude=0.1,
+            contrast_log_slope=0.3,
+            psf_log_sigma=0.6,
+            noise_log_level=0.8,
+            noise_log_correlation=0.5,
+            bias_amplitude=0.2,
             bias_log_smoothness=0.3,
-            transfer_log_gamma=0.15,
-            transfer_log_gain=0.15,
-            transfer_offset=0.03,
+            transfer_log_gamma=0.35,
+            transfer_log_gain=0.3,
+            transfer_offset=0.05,
         ),
     ),
     "CT": ModalityDefaults(
         neutral=ScannerSignature(psf=Psf(sigma=0.7), noise=Noise(level=0.008, correlation=0.8)),
         spread=VendorSpread(
             contrast_log_slope=0.02,
-            psf_log_sigma=0.25,
-            noise_log_level=0.3,
-            noise_log_correlation=0.3,
+            psf_log_sigma=0.12,
+            noise_log_level=0.15,
+            noise_log_correlation=0.15,
             bias_amplitude=0.0,
             bias_log_smoothness=0.0,
             transfer_log_gamma=0.0,
             transfer_log_gain=0.0,
-            transfer_offset=0.004,
+            transfer_offset=0.002,
         ),
     ),
 }
