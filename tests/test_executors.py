@@ -16,11 +16,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harmonia import runner
+from harmonia import datasource, runner
+from harmonia.api import TwinSettings
 from harmonia.cli import main
 from harmonia.errors import CellFailed, InputError
-from harmonia.executors import threads_per_cell
+from harmonia.executors import _start_method, threads_per_cell, write_twins_side_by_side
 from harmonia.progress import RunClock
+from harmonia.recipe import CohortSpec
+from harmonia.registry import default_registry
 from harmonia.settings import ExecutionSpec
 
 TESTS = Path(__file__).parent
@@ -116,7 +119,8 @@ DRIVER = """
 import sys
 sys.path.insert(0, {tests!r})
 import toy_plugins
-from harmonia import runner
+from harmonia import datasource, runner
+from harmonia.api import TwinSettings
 from harmonia.registry import Registry
 
 if __name__ == "__main__":
@@ -232,12 +236,6 @@ def test_bad_execution_flags_exit_2(argv, message, capsys):
 
 
 def test_missing_twins_are_written_side_by_side_as_the_driver_would_write_them(tmp_path, monkeypatch, caplog):
-    from harmonia import datasource
-    from harmonia.api import TwinSettings
-    from harmonia.executors import _start_method, write_twins_side_by_side
-    from harmonia.recipe import CohortSpec
-    from harmonia.registry import default_registry
-
     registry = default_registry()
     specs = [CohortSpec(plugin=name, synthetic={"patients": 2}) for name in ("xray_chest", "mri_prostate")]
     monkeypatch.setenv("HARMONIA_CACHE", str(tmp_path / "stale"))
